@@ -1,0 +1,387 @@
+"""The checkpoint journal: what happened to every source message, in SQLite.
+
+The crash promise rests on one order of events, as in mbsync: a batch is written as 'pending'
+(durably) before it is appended to the target, and marked 'done' once the target has confirmed
+it. After a crash, 'pending' rows are the only doubt, and the engine settles it by looking in the
+target. A folder is 'reconciled' once the engine has compared it with the target's contents; until
+then (first run, lost journal, new UIDVALIDITY) nothing is appended without that comparison.
+
+Rows are keyed by (source folder, UIDVALIDITY, source id, target folder). Folder paths are stored
+as JSON lists of levels, so no delimiter can make two names collide. The journal never holds a
+secret: endpoints are stored as the user wrote them, and URLs cannot carry a password.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from migrator.errors import JournalError
+from migrator.model import FolderPath, MessageRef
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS folders (
+    src_folder TEXT NOT NULL,
+    dst_folder TEXT NOT NULL,
+    validity TEXT NOT NULL,
+    reconciled INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (src_folder, dst_folder)
+);
+CREATE TABLE IF NOT EXISTS messages (
+    src_folder TEXT NOT NULL,
+    validity TEXT NOT NULL,
+    src_id TEXT NOT NULL,
+    dst_folder TEXT NOT NULL,
+    dst_id TEXT,
+    key TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'done', 'skipped', 'failed')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    deleted INTEGER NOT NULL DEFAULT 0,
+    updated REAL NOT NULL,
+    PRIMARY KEY (src_folder, validity, src_id, dst_folder)
+);
+CREATE INDEX IF NOT EXISTS messages_by_target ON messages (dst_folder, state);
+CREATE TABLE IF NOT EXISTS targets (dst_folder TEXT PRIMARY KEY, resume_point TEXT);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY,
+    started REAL NOT NULL,
+    ended REAL,
+    status TEXT NOT NULL,
+    source TEXT NOT NULL,
+    target TEXT NOT NULL,
+    copied INTEGER NOT NULL DEFAULT 0,
+    skipped INTEGER NOT NULL DEFAULT 0,
+    failed INTEGER NOT NULL DEFAULT 0,
+    bytes INTEGER NOT NULL DEFAULT 0
+);
+"""
+
+DONE_STATES = ("done", "skipped")
+
+
+def folder_text(path: FolderPath) -> str:
+    return json.dumps(list(path), ensure_ascii=False)
+
+
+def folder_path(text: str) -> FolderPath:
+    return tuple(json.loads(text))
+
+
+@dataclass(frozen=True)
+class FolderCounts:
+    src_folder: FolderPath
+    dst_folder: FolderPath
+    done: int
+    skipped: int
+    failed: int
+    pending: int
+
+
+@dataclass(frozen=True)
+class Failure:
+    src_folder: FolderPath
+    src_id: str
+    error: str
+    attempts: int
+
+
+class Journal:
+    """One journal per (source, target) pair; thread-safe (workers share it through a lock)."""
+
+    def __init__(self, db: sqlite3.Connection, path: Path | None, lock_fd: int | None) -> None:
+        self._db = db
+        self.path = path
+        self._lock_fd = lock_fd
+        self._mutex = threading.Lock()
+
+    # -- opening ----------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: Path) -> Journal:
+        """Open (creating, mode 0600) and lock the journal; a second run of the job is refused."""
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+            lock_fd = os.open(f"{path}.lock", os.O_CREAT | os.O_RDWR, 0o600)
+        except OSError as exc:
+            raise JournalError(
+                f"cannot create the journal {path}: {exc.strerror}; choose another with --state"
+            ) from None
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(lock_fd)
+            raise JournalError(
+                f"another migrator run is using the journal {path}; wait for it to finish"
+            ) from None
+        try:
+            db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA busy_timeout=10000")
+            journal = cls(db, path, lock_fd)
+            journal._migrate()
+        except sqlite3.Error as exc:
+            os.close(lock_fd)
+            raise JournalError(f"cannot use the journal {path}: {exc}") from None
+        return journal
+
+    @classmethod
+    def in_memory(cls, copy_of: Path | None = None) -> Journal:
+        """A journal that writes nothing to disk (dry runs): empty, or a copy of ``copy_of``."""
+        db = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+        if copy_of is not None and copy_of.exists():
+            try:
+                source = sqlite3.connect(f"file:{copy_of}?mode=ro", uri=True)
+                source.backup(db)
+                source.close()
+            except sqlite3.Error as exc:
+                raise JournalError(f"cannot read the journal {copy_of}: {exc}") from None
+        journal = cls(db, None, None)
+        journal._migrate()
+        return journal
+
+    def _migrate(self) -> None:
+        self._db.executescript(_SCHEMA)
+        row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        if row is None:
+            self._db.execute(
+                "INSERT INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
+        elif int(row[0]) > SCHEMA_VERSION:
+            raise JournalError(
+                f"the journal {self.path} was written by a newer migrator; upgrade migrator"
+            )
+
+    def close(self) -> None:
+        with self._mutex:
+            self._db.close()
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._mutex:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                raise JournalError(f"cannot write the journal {self.path}: {exc}") from None
+
+    def _query(self, sql: str, args: Sequence[object] = ()) -> list[tuple]:
+        with self._mutex:
+            return self._db.execute(sql, args).fetchall()
+
+    # -- identity of the job ----------------------------------------------------------------
+
+    def bind(self, source: str, target: str) -> None:
+        """Remember which job this journal belongs to (shown by `status`)."""
+        with self._tx() as db:
+            for key, value in (("source", source), ("target", target)):
+                db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+    def meta(self, key: str) -> str | None:
+        rows = self._query("SELECT value FROM meta WHERE key=?", (key,))
+        return rows[0][0] if rows else None
+
+    # -- runs ------------------------------------------------------------------------------
+
+    def start_run(self, source: str, target: str) -> int:
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT INTO runs(started, status, source, target) VALUES (?, 'running', ?, ?)",
+                (time.time(), source, target),
+            )
+            return int(cur.lastrowid or 0)
+
+    def finish_run(
+        self, run_id: int, status: str, copied: int, skipped: int, failed: int, nbytes: int
+    ) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE runs SET ended=?, status=?, copied=?, skipped=?, failed=?, bytes=? "
+                "WHERE id=?",
+                (time.time(), status, copied, skipped, failed, nbytes, run_id),
+            )
+
+    def runs(self) -> list[tuple]:
+        return self._query(
+            "SELECT id, started, ended, status, copied, skipped, failed, bytes FROM runs "
+            "ORDER BY id"
+        )
+
+    # -- folders ---------------------------------------------------------------------------
+
+    def open_folder(self, src: FolderPath, validity: str, dst: FolderPath) -> bool:
+        """Record the folder's current validity; True when it is reconciled with the target
+        (known, same validity, and no append left in doubt)."""
+        s, d = folder_text(src), folder_text(dst)
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT validity, reconciled FROM folders WHERE src_folder=? AND dst_folder=?",
+                (s, d),
+            ).fetchone()
+            if row is None or row[0] != validity:
+                db.execute(
+                    "INSERT OR REPLACE INTO folders(src_folder, dst_folder, validity, reconciled) "
+                    "VALUES (?, ?, ?, 0)",
+                    (s, d, validity),
+                )
+                return False
+            if not row[1]:
+                return False
+            pending = db.execute(
+                "SELECT 1 FROM messages WHERE src_folder=? AND validity=? AND dst_folder=? "
+                "AND state='pending' LIMIT 1",
+                (s, validity, d),
+            ).fetchone()
+            return pending is None
+
+    def done_ids(self, src: FolderPath, validity: str, dst: FolderPath) -> set[str]:
+        rows = self._query(
+            "SELECT src_id FROM messages WHERE src_folder=? AND validity=? AND dst_folder=? "
+            "AND state IN ('done', 'skipped')",
+            (folder_text(src), validity, folder_text(dst)),
+        )
+        return {r[0] for r in rows}
+
+    def done_keys(self, dst: FolderPath) -> Counter[str]:
+        """Identity keys of the messages this journal put (or found) in ``dst`` under the
+        source folders' current validities: the target copies already accounted for."""
+        rows = self._query(
+            "SELECT m.key, count(*) FROM messages m JOIN folders f "
+            "ON m.src_folder=f.src_folder AND m.dst_folder=f.dst_folder AND m.validity=f.validity "
+            "WHERE m.dst_folder=? AND m.state IN ('done', 'skipped') GROUP BY m.key",
+            (folder_text(dst),),
+        )
+        return Counter({key: count for key, count in rows})
+
+    def reconcile(
+        self, src: FolderPath, validity: str, dst: FolderPath, present: Sequence[MessageRef]
+    ) -> None:
+        """Record messages found already in the target, and mark the folder reconciled: both in
+        one transaction, so a crash in between leaves the folder to be compared again."""
+        s, d, now = folder_text(src), folder_text(dst), time.time()
+        with self._tx() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO messages(src_folder, validity, src_id, dst_folder, key, "
+                "size, state, updated) VALUES (?, ?, ?, ?, ?, ?, 'skipped', ?)",
+                [(s, validity, r.id, d, r.key, r.size, now) for r in present],
+            )
+            db.execute(
+                "UPDATE folders SET reconciled=1 "
+                "WHERE src_folder=? AND dst_folder=? AND validity=?",
+                (s, d, validity),
+            )
+
+    # -- messages --------------------------------------------------------------------------
+
+    def begin(
+        self, src: FolderPath, validity: str, dst: FolderPath, refs: Iterable[MessageRef]
+    ) -> None:
+        """Durably note the intent to append these messages, before appending them."""
+        s, d, now = folder_text(src), folder_text(dst), time.time()
+        with self._tx() as db:
+            db.executemany(
+                "INSERT INTO messages(src_folder, validity, src_id, dst_folder, key, size, state, "
+                "updated) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?) "
+                "ON CONFLICT DO UPDATE SET state='pending', key=excluded.key, "
+                "size=excluded.size, updated=excluded.updated",
+                [(s, validity, r.id, d, r.key, r.size, now) for r in refs],
+            )
+
+    def commit(
+        self,
+        src: FolderPath,
+        validity: str,
+        dst: FolderPath,
+        done: Iterable[tuple[MessageRef, str | None]],
+        failed: Iterable[tuple[MessageRef, str]],
+        resume_point: str | None = None,
+    ) -> None:
+        """Record the target's answers for one batch, in one transaction."""
+        s, d, now = folder_text(src), folder_text(dst), time.time()
+        with self._tx() as db:
+            db.executemany(
+                "UPDATE messages SET state='done', dst_id=?, error=NULL, updated=? "
+                "WHERE src_folder=? AND validity=? AND src_id=? AND dst_folder=?",
+                [(dst_id, now, s, validity, r.id, d) for r, dst_id in done],
+            )
+            db.executemany(
+                "INSERT INTO messages(src_folder, validity, src_id, dst_folder, key, size, state, "
+                "attempts, error, updated) VALUES (?, ?, ?, ?, ?, ?, 'failed', 1, ?, ?) "
+                "ON CONFLICT DO UPDATE SET state='failed', attempts=attempts+1, "
+                "error=excluded.error, updated=excluded.updated",
+                [(s, validity, r.id, d, r.key, r.size, error, now) for r, error in failed],
+            )
+            if resume_point is not None:
+                db.execute(
+                    "INSERT OR REPLACE INTO targets(dst_folder, resume_point) VALUES (?, ?)",
+                    (d, resume_point),
+                )
+
+    def resume_point(self, dst: FolderPath) -> str | None:
+        rows = self._query(
+            "SELECT resume_point FROM targets WHERE dst_folder=?", (folder_text(dst),)
+        )
+        return rows[0][0] if rows else None
+
+    def undeleted(self, src: FolderPath, validity: str) -> list[str]:
+        """Source ids the target holds (journal-confirmed) but not yet removed from the source."""
+        rows = self._query(
+            "SELECT DISTINCT src_id FROM messages WHERE src_folder=? AND validity=? "
+            "AND state IN ('done', 'skipped') AND deleted=0",
+            (folder_text(src), validity),
+        )
+        return [r[0] for r in rows]
+
+    def mark_deleted(self, src: FolderPath, validity: str, ids: Iterable[str]) -> None:
+        s = folder_text(src)
+        with self._tx() as db:
+            db.executemany(
+                "UPDATE messages SET deleted=1 WHERE src_folder=? AND validity=? AND src_id=?",
+                [(s, validity, i) for i in ids],
+            )
+
+    # -- reporting -------------------------------------------------------------------------
+
+    def counts(self) -> list[FolderCounts]:
+        rows = self._query(
+            "SELECT m.src_folder, m.dst_folder, "
+            "sum(m.state='done'), sum(m.state='skipped'), sum(m.state='failed'), "
+            "sum(m.state='pending') FROM messages m JOIN folders f "
+            "ON m.src_folder=f.src_folder AND m.dst_folder=f.dst_folder AND m.validity=f.validity "
+            "GROUP BY m.src_folder, m.dst_folder ORDER BY m.src_folder"
+        )
+        return [
+            FolderCounts(folder_path(s), folder_path(d), done, skipped, failed, pending)
+            for s, d, done, skipped, failed, pending in rows
+        ]
+
+    def failures(self) -> list[Failure]:
+        rows = self._query(
+            "SELECT m.src_folder, m.src_id, m.error, m.attempts FROM messages m JOIN folders f "
+            "ON m.src_folder=f.src_folder AND m.dst_folder=f.dst_folder AND m.validity=f.validity "
+            "WHERE m.state='failed' ORDER BY m.src_folder, m.src_id"
+        )
+        return [Failure(folder_path(s), i, e or "", a) for s, i, e, a in rows]

@@ -1,0 +1,223 @@
+"""Endpoint strings -> what they name, and the one place that turns them into concrete stores.
+
+imaps://USER@HOST[:PORT]   imap://USER@HOST[:PORT][?tls=none]
+pop3s://USER@HOST[:PORT]   pop3://USER@HOST[:PORT][?tls=none]
+mbox:PATH                  maildir:PATH                 PROFILE:USER
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qs, unquote
+
+from migrator.errors import ConfigError, NotSupportedError
+from migrator.stores.base import ServerAccess, Source, Target
+
+DEFAULT_PORTS = {"imaps": 993, "imap": 143, "pop3s": 995, "pop3": 110}
+
+
+@dataclass(frozen=True)
+class ServerEndpoint:
+    protocol: str  # "imap" or "pop3"
+    tls: str  # "implicit", "starttls" or "none"
+    user: str
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        scheme = self.protocol + ("s" if self.tls == "implicit" else "")
+        query = "?tls=none" if self.tls == "none" else ""
+        return f"{scheme}://{self.user}@{_host_text(self.host)}:{self.port}{query}"
+
+
+@dataclass(frozen=True)
+class ArchiveEndpoint:
+    kind: str  # "mbox" or "maildir"
+    path: Path
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.path}"
+
+
+@dataclass(frozen=True)
+class ProfileEndpoint:
+    profile: str
+    user: str
+
+    def __str__(self) -> str:
+        return f"{self.profile}:{self.user}"
+
+
+Endpoint = ServerEndpoint | ArchiveEndpoint | ProfileEndpoint
+
+_SERVER = re.compile(r"^(?P<scheme>imaps?|pop3s?)://(?P<rest>.*)$", re.IGNORECASE)
+_PROFILE = re.compile(r"^(?P<name>[a-z][a-z0-9._-]*):(?P<user>[^/].*)$", re.IGNORECASE)
+
+
+def _host_text(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def parse_endpoint(text: str) -> Endpoint:
+    """Parse one endpoint; ConfigError names the endpoint and says what form is expected."""
+    text = text.strip()
+    if m := _SERVER.match(text):
+        return _parse_server(text, m["scheme"].lower(), m["rest"])
+    for kind in ("mbox", "maildir"):
+        if text.lower().startswith(kind + ":"):
+            path = text[len(kind) + 1 :]
+            if path.startswith("//"):
+                path = path[2:]
+            if not path:
+                raise ConfigError(f"{text}: missing path; write {kind}:PATH")
+            return ArchiveEndpoint(kind, Path(path).expanduser())
+    if "://" in text:
+        scheme = text.split("://", 1)[0]
+        raise ConfigError(
+            f"{_redact(text)}: unknown scheme {scheme!r}; use imaps://, imap://, pop3s://, "
+            "pop3://, "
+            "mbox:, maildir: or PROFILE:USER"
+        )
+    if m := _PROFILE.match(text):
+        return ProfileEndpoint(m["name"].lower(), unquote(m["user"]))
+    raise ConfigError(
+        f"{text!r} is not an endpoint; use imaps://USER@HOST, pop3s://USER@HOST, mbox:PATH, "
+        "maildir:PATH or PROFILE:USER"
+    )
+
+
+def _parse_server(text: str, scheme: str, rest: str) -> ServerEndpoint:
+    rest, _, query = rest.partition("?")
+    authority, slash, path = rest.partition("/")
+    if slash and path:
+        raise ConfigError(
+            f"{_redact(text)}: a folder in the URL is not supported; use --folder instead"
+        )
+    userinfo, at, hostport = authority.rpartition("@")
+    if not at or not userinfo:
+        raise ConfigError(f"{_redact(text)}: missing user; write {scheme}://USER@HOST")
+    if ":" in userinfo:
+        raise ConfigError(
+            f"{_redact(text)}: a password in the URL is refused (it would show in the process "
+            "list and shell history); use MIGRATOR_SOURCE_PASSWORD/MIGRATOR_TARGET_PASSWORD, "
+            "--source-password-file or the keyring"
+        )
+    user = unquote(userinfo)
+    host, port = _split_hostport(text, hostport)
+    protocol = scheme.rstrip("s") if scheme in ("imaps", "pop3s") else scheme
+    tls = "implicit" if scheme.endswith("s") else "starttls"
+    options = parse_qs(query, keep_blank_values=True)
+    for key in options:
+        if key != "tls":
+            raise ConfigError(f"{_redact(text)}: unknown option {key!r}; only ?tls=none exists")
+    if "tls" in options:
+        value = options["tls"][-1].lower()
+        if value != "none" or tls == "implicit":
+            raise ConfigError(
+                f"{_redact(text)}: ?tls={value} is not understood; only {protocol}://...?tls=none "
+                "turns TLS off"
+            )
+        tls = "none"
+    return ServerEndpoint(protocol, tls, user, host, port or DEFAULT_PORTS[scheme])
+
+
+def _split_hostport(text: str, hostport: str) -> tuple[str, int | None]:
+    if hostport.startswith("["):
+        host, _, tail = hostport[1:].partition("]")
+        port_text = tail[1:] if tail.startswith(":") else (tail or "")
+    else:
+        host, _, port_text = hostport.partition(":")
+    if not host:
+        raise ConfigError(f"{_redact(text)}: missing host")
+    if not port_text:
+        return host.lower(), None
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(f"{_redact(text)}: bad port {port_text!r}")
+    return host.lower(), int(port_text)
+
+
+def _redact(text: str) -> str:
+    """The endpoint as it may be shown: a password written in it is replaced by ***."""
+    return re.sub(r"(://[^/@?]*?):[^/@?]*@", r"\1:***@", text)
+
+
+@dataclass(frozen=True)
+class AccessOptions:
+    """Per side: how to trust its certificate and where its secret comes from."""
+
+    secret: Callable[[], str]
+    ca_file: Path | None = None
+    insecure: bool = False
+    timeout: float = 60.0
+
+
+def make_ssl_context(ca_file: Path | None, insecure: bool) -> ssl.SSLContext:
+    """Verified TLS by default: the system trust store (SSL_CERT_FILE honoured) or ``ca_file``."""
+    if insecure:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    elif ca_file is not None:
+        try:
+            context = ssl.create_default_context(cafile=str(ca_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot load CA file {ca_file}: {exc}") from None
+    else:
+        context = ssl.create_default_context()
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+#: endpoint kind -> (module, class) of the store that serves it; imported only when used.
+_STORES = {
+    "imap": ("migrator.stores.imap", "ImapStore"),
+    "pop3": ("migrator.stores.pop3", "Pop3Store"),
+    "mbox": ("migrator.stores.mbox", "MboxStore"),
+    "maildir": ("migrator.stores.maildir", "MaildirStore"),
+}
+
+
+def _store_class(kind: str, endpoint: Endpoint) -> type:
+    module_name, class_name = _STORES[kind]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+        raise NotSupportedError(f"{endpoint}: {kind} is not supported yet") from None
+    return getattr(module, class_name)  # type: ignore[no-any-return]
+
+
+def server_access(endpoint: ServerEndpoint, access: AccessOptions) -> ServerAccess:
+    context = None if endpoint.tls == "none" else make_ssl_context(access.ca_file, access.insecure)
+    return ServerAccess(
+        host=endpoint.host,
+        port=endpoint.port,
+        user=endpoint.user,
+        tls=endpoint.tls,
+        ssl_context=context,
+        secret=access.secret,
+        timeout=access.timeout,
+        label=str(endpoint),
+    )
+
+
+def open_store(endpoint: Endpoint, access: AccessOptions | None, role: str) -> Source | Target:
+    """A store for ``endpoint``, not yet connected. ``role`` is "source" or "target"."""
+    if isinstance(endpoint, ProfileEndpoint):
+        raise NotSupportedError(f"{endpoint}: provider profiles are not supported yet")
+    if isinstance(endpoint, ArchiveEndpoint):
+        store = _store_class(endpoint.kind, endpoint)(endpoint.path)
+    else:
+        if access is None:
+            raise ConfigError(f"{endpoint}: no credentials")
+        store = _store_class(endpoint.protocol, endpoint)(server_access(endpoint, access))
+    wanted = Source if role == "source" else Target
+    if not isinstance(store, wanted):
+        raise ConfigError(f"{endpoint}: cannot be used as a {role}")
+    return store

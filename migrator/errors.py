@@ -1,0 +1,58 @@
+"""Errors graded by scope, as mbsync grades them: the engine decides what to do by the class.
+
+- ConfigError: the user must change the command (exit 2).
+- ConnectError: cannot reach or log in to a server (exit 3); never retried blindly.
+- StoreError: a store failed mid-run; ``transient`` ones are retried after reconnecting.
+- FolderError: one folder cannot be used; the run goes on with the others.
+- MessageError: one message was refused; it is recorded as failed and the run goes on.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitStatus(IntEnum):
+    OK = 0
+    PARTIAL = 1
+    USAGE = 2
+    CONNECT = 3
+    INTERRUPTED = 130
+
+
+class MigratorError(Exception):
+    """Base class: its message is one line a user can act on."""
+
+    exit_status = ExitStatus.PARTIAL
+
+
+class ConfigError(MigratorError):
+    exit_status = ExitStatus.USAGE
+
+
+class NotSupportedError(ConfigError):
+    """An endpoint form that this version cannot serve yet."""
+
+
+class ConnectError(MigratorError):
+    exit_status = ExitStatus.CONNECT
+
+
+class StoreError(MigratorError):
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+class FolderError(MigratorError):
+    pass
+
+
+class MessageError(MigratorError):
+    pass
+
+
+class JournalError(MigratorError):
+    """The checkpoint cannot be opened or written; nothing may be copied without it."""
+
+    exit_status = ExitStatus.USAGE

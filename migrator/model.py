@@ -1,0 +1,119 @@
+"""The values that flow between stores, engine and journal. Standard library only."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+
+#: A folder name as its hierarchy levels, independent of any server's delimiter.
+#: ("INBOX",) is the inbox; ("Archive", "2023") is Archive/2023 on one server and Archive.2023
+#: on another.
+FolderPath = tuple[str, ...]
+
+INBOX: FolderPath = ("INBOX",)
+
+#: RFC 6154 special uses that the folder map carries across.
+SPECIAL_USES = ("\\Sent", "\\Drafts", "\\Trash", "\\Junk", "\\Archive")
+
+#: Flags never copied: \Recent is per-session; \Deleted would make the copy vanish at the next
+#: expunge.
+UNCOPIED_FLAGS = frozenset({"\\Recent", "\\Deleted"})
+
+
+def display_name(path: FolderPath) -> str:
+    """The user-facing name: levels joined by '/', whatever the server's delimiter."""
+    return "/".join(path)
+
+
+def parse_display_name(name: str) -> FolderPath:
+    levels = tuple(part for part in name.strip("/").split("/"))
+    if not levels or any(level == "" for level in levels):
+        raise ValueError(f"bad folder name {name!r}")
+    if levels[0].upper() == "INBOX":
+        levels = ("INBOX", *levels[1:])
+    return levels
+
+
+@dataclass(frozen=True)
+class Folder:
+    path: FolderPath
+    special_use: str | None = None
+    #: False for \Noselect containers that hold folders but no messages.
+    selectable: bool = True
+
+
+@dataclass(frozen=True)
+class FolderState:
+    """What the journal needs to know about an opened source folder."""
+
+    #: Changes when the store renumbers its message ids (IMAP UIDVALIDITY); rows of an old
+    #: validity no longer name the same messages.
+    validity: str
+    count: int = 0
+
+
+@dataclass(frozen=True)
+class MessageRef:
+    """One source message, described without its bytes."""
+
+    #: Stable id within (folder, validity): an IMAP UID, a POP3 UIDL, an mbox position and digest.
+    id: str
+    #: Size in bytes with CRLF line endings (what IMAP's RFC822.SIZE reports).
+    size: int
+    flags: frozenset[str] = frozenset()
+    #: INTERNALDATE, timezone-aware; None when the store has none (the target then picks one).
+    date: datetime | None = None
+    #: Identity across stores, for recognising a copy without the journal; see message_key().
+    key: str = ""
+    extra: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+
+
+_KEY_FIELDS = (b"message-id", b"date", b"from", b"to", b"subject")
+_FOLD = re.compile(rb"\r?\n[ \t]+")
+
+
+def header_fields(header: bytes) -> dict[bytes, bytes]:
+    """Unfolded header fields by lower-case name (first occurrence wins), for identity keys."""
+    fields: dict[bytes, bytes] = {}
+    end = _header_end(header)
+    for line in _FOLD.sub(b" ", header[:end]).splitlines():
+        name, sep, value = line.partition(b":")
+        if sep and name and b" " not in name.strip():
+            fields.setdefault(name.strip().lower(), value.strip())
+    return fields
+
+
+def _header_end(data: bytes) -> int:
+    for sep in (b"\r\n\r\n", b"\n\n"):
+        pos = data.find(sep)
+        if pos >= 0:
+            return pos
+    return len(data)
+
+
+def message_key(header: bytes, size: int) -> str:
+    """Identity of a message across stores: Message-ID and CRLF size, or a digest of its main
+    header fields and size when it has no Message-ID. Two stores that hold the same message
+    compute the same key from the header block alone, so no body is fetched to compare."""
+    fields = header_fields(header)
+    mid = fields.get(b"message-id", b"").strip()
+    if mid:
+        return f"mid:{mid.decode('utf-8', 'replace')}:{size}"
+    digest = hashlib.sha256()
+    for name in _KEY_FIELDS[1:]:
+        digest.update(name + b"\0" + b" ".join(fields.get(name, b"").split()) + b"\0")
+    return f"hdr:{digest.hexdigest()[:32]}:{size}"
+
+
+def crlf_size(data: bytes) -> int:
+    """Size of the message once every bare LF is a CRLF, as an IMAP server counts it."""
+    return len(data) + data.count(b"\n") - data.count(b"\r\n")
+
+
+def to_crlf(data: bytes) -> bytes:
+    """Line endings as the IMAP wire wants them; CRLF already there is kept."""
+    if b"\n" not in data:
+        return data
+    return re.sub(rb"(?<!\r)\n", b"\r\n", data)

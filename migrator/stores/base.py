@@ -1,0 +1,134 @@
+"""The interface every store implements, and nothing else.
+
+A store is one side of a copy: an IMAP account, a POP3 mailbox, a tree of mbox files or a Maildir.
+The engine only ever talks to these two classes; it never learns which protocol is behind them.
+Stores never print, never read the environment and never exit: they return values or raise the
+errors of ``migrator.errors``.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+from migrator.errors import MessageError
+from migrator.model import Folder, FolderPath, FolderState, MessageRef
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    """What the target said about one appended message: its new id (None when the target
+    cannot tell, e.g. no UIDPLUS), or the reason it refused the message."""
+
+    target_id: str | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class Store:
+    """What both roles share. ``label`` names the endpoint in messages (never with a secret)."""
+
+    label: str = ""
+
+    def connect(self) -> None:
+        """Open connections and log in; raise ConnectError with one clear line on failure."""
+
+    def close(self) -> None:
+        """Release everything; safe to call twice and after a failure."""
+
+    def list_folders(self) -> list[Folder]:
+        raise NotImplementedError
+
+    def __enter__(self) -> Store:
+        self.connect()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Source(Store):
+    """Where messages come from."""
+
+    #: True when ids survive across sessions (IMAP UIDs under one UIDVALIDITY, POP3 UIDL).
+    stable_ids: bool = True
+    #: True when the store can remove messages after the copy (IMAP expunge, POP3 DELE, unlink).
+    can_delete: bool = False
+
+    def open_folder(self, path: FolderPath) -> FolderState:
+        raise NotImplementedError
+
+    def list_messages(self, path: FolderPath, skip: Container[str] = ()) -> Iterator[MessageRef]:
+        """Describe the messages of an opened folder, leaving out ids in ``skip`` as cheaply as the
+        protocol allows (the journal's done set: a rerun with nothing to do fetches no metadata)."""
+        raise NotImplementedError
+
+    def fetch(
+        self, path: FolderPath, refs: Sequence[MessageRef]
+    ) -> Iterator[tuple[MessageRef, bytes | MessageError]]:
+        """Yield each message's bytes, in the order of ``refs``, batching round trips and holding a
+        bounded number of bytes. A message that cannot be read (gone, unparsable) is yielded with a
+        MessageError saying why, and the engine records it as failed; anything else raises."""
+        raise NotImplementedError
+
+    def delete(self, path: FolderPath, ids: Sequence[str]) -> None:
+        """Remove exactly these messages (already confirmed by the target and the journal)."""
+        raise NotImplementedError
+
+
+class Target(Store):
+    """Where messages go."""
+
+    #: The character that separates hierarchy levels in this store, so that a source folder level
+    #: holding it can be renamed; None when levels may hold any character.
+    delimiter: str | None = None
+    #: Largest message the target accepts (RFC 7889 APPENDLIMIT or a profile limit), when known.
+    max_message_size: int | None = None
+
+    def ensure_folder(self, path: FolderPath) -> None:
+        """Create (and subscribe) the folder and its parents when missing."""
+        raise NotImplementedError
+
+    def index(self, path: FolderPath) -> Iterable[str]:
+        """The identity keys (model.message_key) of the messages already in the folder; empty when
+        it does not exist. Used only when the journal cannot say what is there."""
+        raise NotImplementedError
+
+    def append(
+        self, path: FolderPath, items: Sequence[tuple[MessageRef, bytes]]
+    ) -> list[AppendResult]:
+        """Store the messages with their flags and dates, one result per item, in order. A result
+        without error means the message is durably in the target."""
+        raise NotImplementedError
+
+    def resume_point(self, path: FolderPath) -> str | None:
+        """A token describing the folder's committed end (an mbox byte offset), saved by the journal
+        with each committed batch; None when the store needs none."""
+        return None
+
+    def recover(self, path: FolderPath, point: str | None) -> None:
+        """Undo a half-written append after a crash, given the last committed ``resume_point``."""
+
+
+@dataclass(frozen=True)
+class ServerAccess:
+    """How to reach and log in to a server; shared by the IMAP and POP3 stores.
+
+    ``secret`` is called at each login, so a password is read once per connection and never
+    stored on the object (nor shown by its repr)."""
+
+    host: str
+    port: int
+    user: str
+    #: "implicit" (imaps/pop3s), "starttls" (required: refused when the server does not offer it),
+    #: or "none" (plaintext, only when the user asked for it).
+    tls: str
+    ssl_context: ssl.SSLContext | None
+    secret: Callable[[], str]
+    timeout: float = 60.0
+    #: How a server's reply names this account in errors: "imaps://alice@mail.example.org:993".
+    label: str = ""

@@ -1,0 +1,462 @@
+"""IMAP4rev1 store, source and target, on imapclient.
+
+Round trips are what make IMAP copies slow, so everything here works in batches: one UID SEARCH
+per folder to learn what exists, one UID FETCH per thousand messages for metadata, one UID FETCH
+per few megabytes for bodies, and one MULTIAPPEND (RFC 3502, sent without waiting when the server
+has LITERAL+) per batch of appends. APPENDUID (RFC 4315) gives the target UIDs back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import imaplib
+import re
+import socket
+import ssl
+from collections.abc import Container, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+from imapclient import IMAPClient
+from imapclient.exceptions import IMAPClientError, LoginError
+from imapclient.response_parser import parse_fetch_response
+
+from migrator.errors import ConnectError, FolderError, MessageError, StoreError
+from migrator.model import (
+    INBOX,
+    SPECIAL_USES,
+    UNCOPIED_FLAGS,
+    Folder,
+    FolderPath,
+    FolderState,
+    MessageRef,
+    message_key,
+    to_crlf,
+)
+from migrator.stores.base import AppendResult, ServerAccess, Source, Target
+
+_KEY_HEADERS = "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID DATE FROM TO SUBJECT)]"
+_KEY_RESPONSE = b"BODY[HEADER.FIELDS (MESSAGE-ID DATE FROM TO SUBJECT)]"
+_APPENDUID = re.compile(rb"\[APPENDUID (\d+) ([0-9:,]+)\]", re.IGNORECASE)
+
+#: Metadata FETCH batch: large enough to amortise the round trip, small enough for line limits.
+META_BATCH = 2000
+#: Body FETCH / APPEND batch limits: bytes in flight per batch, and messages per command.
+BODY_BATCH_BYTES = 8 * 1024 * 1024
+BODY_BATCH_COUNT = 400
+
+
+def uid_set(uids: Iterable[int]) -> str:
+    """Compact RFC 3501 sequence set ("1:5,9,12:14"), keeping command lines short."""
+    ordered = sorted(set(uids))
+    if not ordered:
+        raise ValueError("empty UID set")
+    parts: list[str] = []
+    start = prev = ordered[0]
+    for uid in ordered[1:]:
+        if uid == prev + 1:
+            prev = uid
+            continue
+        parts.append(f"{start}:{prev}" if prev != start else str(start))
+        start = prev = uid
+    parts.append(f"{start}:{prev}" if prev != start else str(start))
+    return ",".join(parts)
+
+
+def expand_uid_set(text: str) -> list[int]:
+    uids: list[int] = []
+    for part in text.split(","):
+        low, _, high = part.partition(":")
+        first, last = int(low), int(high or low)
+        step = 1 if last >= first else -1
+        uids.extend(range(first, last + step, step))
+    return uids
+
+
+def parse_appenduid(response: bytes) -> tuple[int, list[int]] | None:
+    """(UIDVALIDITY, UIDs) from an APPEND completion; None when the server has no UIDPLUS."""
+    m = _APPENDUID.search(response)
+    if not m:
+        return None
+    return int(m[1]), expand_uid_set(m[2].decode())
+
+
+def batches_by_size(
+    refs: Sequence[MessageRef], max_bytes: int, max_count: int
+) -> Iterator[list[MessageRef]]:
+    """Split refs into runs whose total size stays under max_bytes (a bigger message goes alone)."""
+    batch: list[MessageRef] = []
+    total = 0
+    for ref in refs:
+        if batch and (total + ref.size > max_bytes or len(batch) >= max_count):
+            yield batch
+            batch, total = [], 0
+        batch.append(ref)
+        total += ref.size
+    if batch:
+        yield batch
+
+
+def _text(data: Any) -> str:
+    if isinstance(data, list | tuple):
+        data = b" ".join(d if isinstance(d, bytes) else str(d).encode() for d in data)
+    if isinstance(data, bytes):
+        data = data.decode("utf-8", "replace")
+    return " ".join(str(data).split())
+
+
+class ImapStore(Source, Target):
+    """One IMAP account. Not thread-safe: the engine gives each worker its own store."""
+
+    can_delete = True
+
+    def __init__(self, access: ServerAccess) -> None:
+        self.access = access
+        self.label = access.label or f"imap://{access.user}@{access.host}:{access.port}"
+        self._client: IMAPClient | None = None
+        self._caps: frozenset[str] = frozenset()
+        self._selected: tuple[str, bool] | None = None
+        self._existing: set[FolderPath] = set()
+        self.delimiter: str | None = None
+        self.max_message_size: int | None = None
+        #: Filled at connect, for `check` and the report.
+        self.greeting = ""
+        self.tls_version: str | None = None
+
+    # -- connection -------------------------------------------------------------------------
+
+    def connect(self) -> None:
+        if self._client is not None:
+            return
+        a = self.access
+        try:
+            client = IMAPClient(
+                a.host,
+                port=a.port,
+                ssl=a.tls == "implicit",
+                ssl_context=a.ssl_context,
+                timeout=a.timeout,
+            )
+        except ssl.SSLCertVerificationError as exc:
+            raise ConnectError(
+                f"{self.label}: the server's certificate is not trusted ({exc.verify_message}); "
+                "use --source-ca-file/--target-ca-file for a private CA"
+            ) from None
+        except ssl.SSLError as exc:
+            raise ConnectError(f"{self.label}: TLS handshake failed ({exc.reason})") from None
+        except socket.gaierror:
+            raise ConnectError(f"{self.label}: unknown host {a.host!r}; check the name") from None
+        except TimeoutError:
+            raise ConnectError(f"{self.label}: no answer within {a.timeout:g}s") from None
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise ConnectError(f"{self.label}: cannot connect ({reason})") from None
+        except (imaplib.IMAP4.error, IMAPClientError) as exc:
+            raise ConnectError(f"{self.label}: bad greeting ({_text(str(exc))})") from None
+        try:
+            self.greeting = _text(client.welcome)
+            if a.tls == "starttls":
+                if not client.has_capability("STARTTLS"):
+                    raise ConnectError(
+                        f"{self.label}: the server does not offer STARTTLS; use imaps:// or, "
+                        "on a trusted network only, ?tls=none"
+                    )
+                try:
+                    client.starttls(a.ssl_context)
+                except ssl.SSLCertVerificationError as exc:
+                    raise ConnectError(
+                        f"{self.label}: the server's certificate is not trusted "
+                        f"({exc.verify_message}); use --source-ca-file/--target-ca-file"
+                    ) from None
+            sock = client.socket()
+            if isinstance(sock, ssl.SSLSocket):
+                self.tls_version = sock.version()
+            try:
+                client.login(a.user, a.secret())
+            except LoginError as exc:
+                raise ConnectError(
+                    f"{self.label}: login failed, the server said {_text(str(exc))!r}; "
+                    "check the user name and password"
+                ) from None
+            client.normalise_times = False
+            self._caps = frozenset(c.decode().upper() for c in client.capabilities())
+            self._client = client
+            self._selected = None
+            self._learn_namespace()
+        except ConnectError:
+            _quietly_close(client)
+            raise
+        except (OSError, imaplib.IMAP4.error, IMAPClientError) as exc:
+            _quietly_close(client)
+            raise ConnectError(f"{self.label}: connection lost during login ({exc})") from None
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        self._selected = None
+        if client is not None:
+            _quietly_close(client)
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        return self._caps
+
+    def _learn_namespace(self) -> None:
+        limit = next((c for c in self._caps if c.startswith("APPENDLIMIT=")), None)
+        if limit and limit.split("=", 1)[1].isdigit():
+            self.max_message_size = int(limit.split("=", 1)[1])
+        with self._talk("LIST"):
+            listing = self._c.list_folders("", "")
+        delim = listing[0][1] if listing else None
+        self.delimiter = delim.decode() if isinstance(delim, bytes) else delim
+
+    @property
+    def _c(self) -> IMAPClient:
+        if self._client is None:
+            self.connect()
+        assert self._client is not None
+        return self._client
+
+    @contextmanager
+    def _talk(self, what: str) -> Iterator[None]:
+        """Turn a lost connection into a transient StoreError (the engine reconnects and resumes),
+        and a refusal into a StoreError that names the command."""
+        try:
+            yield
+        except (imaplib.IMAP4.abort, OSError, EOFError) as exc:
+            self.close()
+            reason = _text(str(exc)) or type(exc).__name__
+            raise StoreError(
+                f"{self.label}: connection lost during {what} ({reason})",
+                transient=True,
+            ) from None
+        except (imaplib.IMAP4.error, IMAPClientError) as exc:
+            raise StoreError(f"{self.label}: {what} refused: {_text(str(exc))}") from None
+
+    # -- folders ----------------------------------------------------------------------------
+
+    def _name(self, path: FolderPath) -> str:
+        if len(path) > 1 and not self.delimiter:
+            raise FolderError(f"{self.label}: the server has no folder hierarchy")
+        return (self.delimiter or "/").join(path)
+
+    def _path(self, name: str, delimiter: str | None) -> FolderPath:
+        levels = tuple(name.split(delimiter)) if delimiter else (name,)
+        if levels[0].upper() == "INBOX":
+            levels = (*INBOX, *levels[1:])
+        return levels
+
+    def list_folders(self) -> list[Folder]:
+        with self._talk("LIST"):
+            if "SPECIAL-USE" in self._caps:
+                typ, data = self._c._imap._simple_command(
+                    "LIST", '""', '"*"', "RETURN", "(SPECIAL-USE)"
+                )
+                _, data = self._c._imap._untagged_response(typ, data, "LIST")
+                listing = self._c._proc_folder_list(data)
+            else:
+                listing = self._c.list_folders()
+        folders: list[Folder] = []
+        for flags, delim, name in listing:
+            flagset = {f.decode() if isinstance(f, bytes) else f for f in flags}
+            lowered = {f.lower() for f in flagset}
+            if "\\nonexistent" in lowered:
+                continue
+            if isinstance(delim, bytes):
+                delim = delim.decode()
+            if isinstance(name, bytes):
+                name = name.decode("utf-8", "replace")
+            use = next((u for u in SPECIAL_USES if u.lower() in lowered), None)
+            path = self._path(name, delim)
+            folders.append(Folder(path, use, selectable="\\noselect" not in lowered))
+        self._existing = {f.path for f in folders}
+        return folders
+
+    def _select(self, path: FolderPath, readonly: bool) -> dict[bytes, Any]:
+        name = self._name(path)
+        with self._talk(f"SELECT {name!r}"):
+            try:
+                info = self._c.select_folder(name, readonly=readonly)
+            except (imaplib.IMAP4.error, IMAPClientError) as exc:
+                if isinstance(exc, imaplib.IMAP4.abort):
+                    raise
+                raise FolderError(
+                    f"{self.label}: cannot open folder {name!r}: {_text(str(exc))}"
+                ) from None
+        self._selected = (name, readonly)
+        return info  # type: ignore[no-any-return]
+
+    def _ensure_selected(self, path: FolderPath, readonly: bool) -> None:
+        name = self._name(path)
+        if self._selected != (name, readonly) and not (
+            readonly and self._selected == (name, False)
+        ):
+            self._select(path, readonly)
+
+    # -- source -----------------------------------------------------------------------------
+
+    def open_folder(self, path: FolderPath) -> FolderState:
+        info = self._select(path, readonly=True)
+        validity = info.get(b"UIDVALIDITY", 0)
+        return FolderState(validity=str(validity), count=int(info.get(b"EXISTS", 0)))
+
+    def _all_uids(self, path: FolderPath) -> list[int]:
+        self._ensure_selected(path, readonly=True)
+        with self._talk("UID SEARCH"):
+            return sorted(self._c.search("ALL"))
+
+    def list_messages(self, path: FolderPath, skip: Container[str] = ()) -> Iterator[MessageRef]:
+        uids = [u for u in self._all_uids(path) if str(u) not in skip]
+        for start in range(0, len(uids), META_BATCH):
+            chunk = uids[start : start + META_BATCH]
+            with self._talk("UID FETCH"):
+                data = self._fetch(
+                    uid_set(chunk), "(RFC822.SIZE FLAGS INTERNALDATE " + _KEY_HEADERS + ")"
+                )
+            for uid in chunk:
+                item = data.get(uid)
+                if item is None:  # expunged meanwhile
+                    continue
+                yield self._ref(uid, item)
+
+    def _fetch(self, uids: str, items: str) -> dict[int, dict[bytes, Any]]:
+        """UID FETCH with a compact UID set (imapclient's own fetch lists every UID, and long
+        command lines are refused by some servers)."""
+        imap = self._c._imap
+        tag = imap._command("UID", "FETCH", uids, items)
+        typ, data = imap._command_complete("FETCH", tag)
+        if typ != "OK":
+            raise StoreError(f"{self.label}: FETCH refused: {_text(data)}")
+        typ, data = imap._untagged_response(typ, data, "FETCH")
+        return parse_fetch_response(data, False, True)  # type: ignore[no-any-return]
+
+    def _ref(self, uid: int, item: dict[bytes, Any]) -> MessageRef:
+        size = int(item.get(b"RFC822.SIZE", 0))
+        flags = frozenset(
+            f.decode() if isinstance(f, bytes) else str(f) for f in item.get(b"FLAGS", ())
+        )
+        date = item.get(b"INTERNALDATE")
+        header = item.get(_KEY_RESPONSE) or b""
+        return MessageRef(
+            id=str(uid),
+            size=size,
+            flags=flags - UNCOPIED_FLAGS,
+            date=date if isinstance(date, datetime) else None,
+            key=message_key(header, size),
+        )
+
+    def fetch(
+        self, path: FolderPath, refs: Sequence[MessageRef]
+    ) -> Iterator[tuple[MessageRef, bytes | MessageError]]:
+        for batch in batches_by_size(refs, BODY_BATCH_BYTES, BODY_BATCH_COUNT):
+            self._ensure_selected(path, readonly=True)
+            with self._talk("UID FETCH"):
+                data = self._fetch(uid_set(int(r.id) for r in batch), "(BODY.PEEK[])")
+            for ref in batch:
+                body = data.get(int(ref.id), {}).get(b"BODY[]")
+                if body is None:
+                    yield ref, MessageError("the message vanished from the source")
+                else:
+                    yield ref, bytes(body)
+            del data
+
+    def delete(self, path: FolderPath, ids: Sequence[str]) -> None:
+        if not ids:
+            return
+        if "UIDPLUS" not in self._caps:
+            raise FolderError(
+                f"{self.label}: the server lacks UIDPLUS, so an expunge could remove messages "
+                "that were not copied; nothing was deleted"
+            )
+        self._ensure_selected(path, readonly=False)
+        uids = [int(i) for i in ids]
+        with self._talk("UID STORE/EXPUNGE"):
+            for start in range(0, len(uids), META_BATCH):
+                chunk = uid_set(uids[start : start + META_BATCH])
+                self._c.add_flags(chunk, [b"\\Deleted"], silent=True)
+                self._c.uid_expunge(chunk)
+
+    # -- target -----------------------------------------------------------------------------
+
+    def ensure_folder(self, path: FolderPath) -> None:
+        if not self._existing:
+            self.list_folders()
+        for depth in range(1, len(path) + 1):
+            sub = path[:depth]
+            if sub in self._existing or sub == INBOX:
+                continue
+            name = self._name(sub)
+            with self._talk(f"CREATE {name!r}"):
+                try:
+                    self._c.create_folder(name)
+                except (imaplib.IMAP4.error, IMAPClientError) as exc:
+                    if isinstance(exc, imaplib.IMAP4.abort):
+                        raise
+                    # Another worker may have created it meanwhile.
+                    if not self._c.folder_exists(name):
+                        raise FolderError(
+                            f"{self.label}: cannot create folder {name!r}: {_text(str(exc))}"
+                        ) from None
+                self._c.subscribe_folder(name)
+            self._existing.add(sub)
+
+    def index(self, path: FolderPath) -> Iterable[str]:
+        if not self._existing:
+            self.list_folders()
+        if path not in self._existing and path != INBOX:
+            return []
+        return [ref.key for ref in self.list_messages(path)]
+
+    def append(
+        self, path: FolderPath, items: Sequence[tuple[MessageRef, bytes]]
+    ) -> list[AppendResult]:
+        if not items:
+            return []
+        name = self._name(path)
+        if len(items) > 1 and "MULTIAPPEND" in self._caps:
+            with self._talk(f"APPEND to {name!r}"):
+                typ, data = self._c.multiappend(name, [_append_item(r, b) for r, b in items])
+            if typ == "OK":
+                return _append_results(_text_bytes(data), len(items))
+            # MULTIAPPEND is all or nothing: find the message at fault one by one.
+        results: list[AppendResult] = []
+        for ref, body in items:
+            with self._talk(f"APPEND to {name!r}"):
+                typ, data = self._c.multiappend(name, [_append_item(ref, body)])
+            if typ == "OK":
+                results.extend(_append_results(_text_bytes(data), 1))
+            else:
+                results.append(AppendResult(error=f"the server said: {_text(data)}"))
+        return results
+
+
+def _append_item(ref: MessageRef, body: bytes) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "msg": to_crlf(body),
+        "flags": sorted(ref.flags - UNCOPIED_FLAGS),
+    }
+    if ref.date is not None:
+        item["date"] = ref.date
+    return item
+
+
+def _text_bytes(data: Any) -> bytes:
+    if isinstance(data, list | tuple):
+        return b" ".join(d if isinstance(d, bytes) else str(d).encode() for d in data)
+    return data if isinstance(data, bytes) else str(data).encode()
+
+
+def _append_results(response: bytes, count: int) -> list[AppendResult]:
+    parsed = parse_appenduid(response)
+    if parsed is None or len(parsed[1]) != count:
+        return [AppendResult() for _ in range(count)]
+    validity, uids = parsed
+    return [AppendResult(target_id=f"{validity}:{uid}") for uid in uids]
+
+
+def _quietly_close(client: IMAPClient) -> None:
+    try:
+        client.logout()
+    except Exception:
+        with contextlib.suppress(Exception):
+            client.shutdown()
