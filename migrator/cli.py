@@ -512,9 +512,13 @@ def _copy(**a: Any) -> ExitStatus:
         a["insecure"],
         a["timeout"],
     )
-    # Build once now, so an unsupported or misused endpoint fails before anything starts.
+    # Build once now, so an unsupported endpoint or a missing password fails before anything
+    # starts (and a prompt comes before the first connection, not in the middle of the run).
     open_store(source_ep, source_access, "source")
     open_store(target_ep, target_access, "target")
+    for access in (source_access, target_access):
+        if access is not None:
+            access.secret()
     state_path: Path = a["state"] or default_state_path(source_ep, target_ep)
     journal = Journal.in_memory(state_path) if a["dry_run"] else Journal.open(state_path)
     reporter: Any

@@ -143,22 +143,26 @@ class FolderMap:
             if use and use not in target_by_use and folder.selectable:
                 target_by_use[use] = folder.path
         one_folder_source = len([f for f in source_folders if f.selectable]) == 1
-        plans: list[FolderPlan] = []
+        ordered = sorted(chosen, key=lambda f: (f.path != INBOX, f.path))
+        wanted = [(f, *self._target_for(f, target_by_use, one_folder_source)) for f in ordered]
+        # Names that need no rename are reserved first: a renamed folder never merges into them.
         taken: dict[FolderPath, FolderPath] = {}
-        for folder in sorted(chosen, key=lambda f: (f.path != INBOX, f.path)):
-            target, note = self._target_for(folder, target_by_use, one_folder_source)
+        for folder, target, _ in wanted:
+            if _safe_levels(target, target_delimiter)[1] is False:
+                taken.setdefault(target, folder.path)
+        plans: list[FolderPlan] = []
+        for folder, target, note in wanted:
             safe, renamed = _safe_levels(target, target_delimiter)
             if renamed:
                 note = (
                     f"renamed: a level held the target's delimiter {target_delimiter!r}, "
                     f"replaced by {DELIMITER_SUBSTITUTE!r}"
                 )
-                # Never merge two different folders through a rename.
                 base, n = safe, 2
                 while safe in taken and taken[safe] != folder.path:
                     safe = (*base[:-1], f"{base[-1]} ({n})")
                     n += 1
-            taken.setdefault(safe, folder.path)
+                taken[safe] = folder.path
             plans.append(FolderPlan(folder, safe, note))
         return plans
 

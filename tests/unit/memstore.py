@@ -1,0 +1,146 @@
+"""An in-memory store for the engine's unit tests: pure logic, no protocol.
+
+It can be told to fail: drop the connection after N appends, refuse some messages, or crash the
+process-equivalent (raise a BaseException) between steps, like mbsync's run-tests.pl."""
+
+from __future__ import annotations
+
+from collections.abc import Container, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from migrator.errors import MessageError, StoreError
+from migrator.model import (
+    INBOX,
+    UNCOPIED_FLAGS,
+    Folder,
+    FolderPath,
+    FolderState,
+    MessageRef,
+    crlf_size,
+    message_key,
+)
+from migrator.stores.base import AppendResult, Source, Target
+
+
+@dataclass
+class Stored:
+    uid: int
+    data: bytes
+    flags: frozenset[str] = frozenset()
+    date: datetime | None = None
+
+
+@dataclass
+class Mailbox:
+    validity: int = 1
+    next_uid: int = 1
+    messages: list[Stored] = field(default_factory=list)
+    special_use: str | None = None
+
+
+class Crash(BaseException):
+    """Stands for SIGKILL: escapes every `except Exception`."""
+
+
+class MemoryStore(Source, Target):
+    can_delete = True
+
+    def __init__(self, delimiter: str | None = "/", label: str = "memory") -> None:
+        self.label = label
+        self.delimiter = delimiter
+        self.boxes: dict[FolderPath, Mailbox] = {INBOX: Mailbox()}
+        self.connected = False
+        self.connects = 0
+        #: Raise a transient StoreError at the n-th append call (1-based), once.
+        self.drop_at_append: int | None = None
+        #: Raise Crash after the n-th append call has stored its messages.
+        self.crash_after_append: int | None = None
+        #: Raise Crash at the start of the n-th append call, before storing anything.
+        self.crash_before_append: int | None = None
+        #: Messages containing this marker are refused.
+        self.refuse_marker: bytes | None = None
+        self.appends = 0
+        self.max_message_size = None
+
+    # helpers for tests
+    def add(self, folder: FolderPath, data: bytes, flags: Iterable[str] = (), date=None) -> None:
+        box = self.boxes.setdefault(folder, Mailbox())
+        box.messages.append(
+            Stored(box.next_uid, data, frozenset(flags), date or datetime(2020, 1, 1, tzinfo=UTC))
+        )
+        box.next_uid += 1
+
+    def bodies(self, folder: FolderPath) -> list[bytes]:
+        return [m.data for m in self.boxes.get(folder, Mailbox()).messages]
+
+    # Store
+    def connect(self) -> None:
+        if not self.connected:
+            self.connected = True
+            self.connects += 1
+
+    def close(self) -> None:
+        self.connected = False
+
+    def list_folders(self) -> list[Folder]:
+        return [Folder(path, box.special_use) for path, box in self.boxes.items()]
+
+    # Source
+    def open_folder(self, path: FolderPath) -> FolderState:
+        box = self.boxes[path]
+        return FolderState(str(box.validity), len(box.messages))
+
+    def list_messages(self, path: FolderPath, skip: Container[str] = ()) -> Iterator[MessageRef]:
+        for m in self.boxes[path].messages:
+            if str(m.uid) in skip:
+                continue
+            size = crlf_size(m.data)
+            yield MessageRef(str(m.uid), size, m.flags, m.date, message_key(m.data, size))
+
+    def fetch(
+        self, path: FolderPath, refs: Sequence[MessageRef]
+    ) -> Iterator[tuple[MessageRef, bytes | MessageError]]:
+        by_uid = {str(m.uid): m for m in self.boxes[path].messages}
+        for ref in refs:
+            m = by_uid.get(ref.id)
+            yield ref, (m.data if m else MessageError("vanished"))
+
+    def delete(self, path: FolderPath, ids: Sequence[str]) -> None:
+        gone = set(ids)
+        box = self.boxes[path]
+        box.messages = [m for m in box.messages if str(m.uid) not in gone]
+
+    # Target
+    def ensure_folder(self, path: FolderPath) -> None:
+        self.boxes.setdefault(path, Mailbox())
+
+    def index(self, path: FolderPath) -> list[str]:
+        if path not in self.boxes:
+            return []
+        return [r.key for r in self.list_messages(path)]
+
+    def append(
+        self, path: FolderPath, items: Sequence[tuple[MessageRef, bytes]]
+    ) -> list[AppendResult]:
+        if not self.connected:
+            raise StoreError(f"{self.label}: not connected", transient=True)
+        self.appends += 1
+        if self.crash_before_append == self.appends:
+            raise Crash()
+        if self.drop_at_append == self.appends:
+            self.drop_at_append = None
+            self.connected = False
+            raise StoreError(f"{self.label}: connection lost", transient=True)
+        box = self.boxes[path]
+        results = []
+        for ref, data in items:
+            if self.refuse_marker and self.refuse_marker in data:
+                results.append(AppendResult(error="refused by test"))
+                continue
+            box.messages.append(Stored(box.next_uid, data, ref.flags - UNCOPIED_FLAGS, ref.date))
+            results.append(AppendResult(target_id=f"{box.validity}:{box.next_uid}"))
+            box.next_uid += 1
+        if self.crash_after_append == self.appends:
+            raise Crash()
+        return results

@@ -1,0 +1,95 @@
+import os
+import stat
+
+import pytest
+
+from migrator.checkpoint import Journal
+from migrator.errors import JournalError
+from migrator.model import MessageRef
+
+SRC, DST = ("Archive", "2023"), ("Archive", "2023")
+
+
+def refs(*ids):
+    return [MessageRef(i, 10, key=f"mid:<{i}>:10") for i in ids]
+
+
+def test_created_0600_and_directory_0700(tmp_path):
+    path = tmp_path / "state" / "job.sqlite"
+    journal = Journal.open(path)
+    journal.begin(SRC, "1", DST, refs("1"))
+    journal.close()
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(path.parent).st_mode) == 0o700
+    for extra in ("-wal", "-shm", ".lock"):
+        p = f"{path}{extra}"
+        if os.path.exists(p):
+            assert stat.S_IMODE(os.stat(p).st_mode) == 0o600
+
+
+def test_second_run_of_the_same_job_is_refused(tmp_path):
+    first = Journal.open(tmp_path / "j")
+    with pytest.raises(JournalError, match="another migrator run"):
+        Journal.open(tmp_path / "j")
+    first.close()
+    Journal.open(tmp_path / "j").close()
+
+
+def test_read_only_directory_is_a_clear_error(tmp_path):
+    if os.geteuid() == 0:
+        target = "/proc/migrator-cannot-write-here/j"
+    else:
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o500)
+        target = str(ro / "j")
+    with pytest.raises(JournalError, match="cannot create the journal"):
+        Journal.open(__import__("pathlib").Path(target))
+
+
+def test_pending_then_commit_and_done_ids(tmp_path):
+    j = Journal.open(tmp_path / "j")
+    assert j.open_folder(SRC, "7", DST) is False
+    j.reconcile(SRC, "7", DST, [])
+    assert j.open_folder(SRC, "7", DST) is True
+    j.begin(SRC, "7", DST, refs("1", "2", "3"))
+    assert j.open_folder(SRC, "7", DST) is False  # an append in doubt
+    j.commit(
+        SRC, "7", DST, [(refs("1")[0], "9:1"), (refs("2")[0], None)], [(refs("3")[0], "too big")]
+    )
+    assert j.done_ids(SRC, "7", DST) == {"1", "2"}
+    assert j.open_folder(SRC, "7", DST) is True
+    [failure] = j.failures()
+    assert failure.error == "too big" and failure.attempts == 1
+    assert j.done_keys(DST) == {"mid:<1>:10": 1, "mid:<2>:10": 1}
+
+
+def test_new_validity_forgets_done_ids_but_keeps_history(tmp_path):
+    j = Journal.open(tmp_path / "j")
+    j.open_folder(SRC, "7", DST)
+    j.begin(SRC, "7", DST, refs("1"))
+    j.commit(SRC, "7", DST, [(refs("1")[0], None)], [])
+    assert j.open_folder(SRC, "8", DST) is False
+    assert j.done_ids(SRC, "8", DST) == set()
+    assert j.done_keys(DST) == {}
+
+
+def test_in_memory_copy_leaves_the_file_alone(tmp_path):
+    j = Journal.open(tmp_path / "j")
+    j.open_folder(SRC, "7", DST)
+    j.close()
+    before = (tmp_path / "j").read_bytes()
+    mem = Journal.in_memory(tmp_path / "j")
+    assert mem.open_folder(SRC, "7", DST) is False
+    mem.begin(SRC, "7", DST, refs("1"))
+    mem.close()
+    assert (tmp_path / "j").read_bytes() == before
+
+
+def test_deleted_marking(tmp_path):
+    j = Journal.open(tmp_path / "j")
+    j.open_folder(SRC, "7", DST)
+    j.begin(SRC, "7", DST, refs("1", "2"))
+    j.commit(SRC, "7", DST, [(refs("1")[0], None)], [(refs("2")[0], "no")])
+    assert j.undeleted(SRC, "7") == ["1"]
+    j.mark_deleted(SRC, "7", ["1"])
+    assert j.undeleted(SRC, "7") == []

@@ -1,0 +1,275 @@
+"""The engine over in-memory stores: the checkpoint promise as pure logic, step by step."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from migrator.checkpoint import Journal
+from migrator.engine import CopyOptions, Engine
+from migrator.filters import MessageFilter
+from migrator.folders import FolderMap
+from tests.unit.memstore import Crash, MemoryStore
+
+FOLDERS = [("INBOX",), ("Archive",), ("Archive", "2023"), ("Sent",)]
+
+
+def message(i: int, *, mid: bool = True) -> bytes:
+    head = f"Message-ID: <m{i}@example.org>\r\n" if mid else ""
+    return (
+        f"{head}From: a{i}@example.org\r\nSubject: message {i}\r\n"
+        f"Date: Mon, 1 Jan 2018 00:00:{i % 60:02d} +0000\r\n\r\nbody {i}\r\n"
+    ).encode()
+
+
+def filled_source(n: int = 24) -> MemoryStore:
+    src = MemoryStore(delimiter="/", label="src")
+    for i in range(n):
+        folder = FOLDERS[i % len(FOLDERS)]
+        src.add(
+            folder,
+            message(i),
+            flags={"\\Seen", "work"} if i % 2 else set(),
+            date=datetime(2010 + i % 10, 1, 1, tzinfo=UTC),
+        )
+    return src
+
+
+def run(src, dst, journal_path: Path | None, **options) -> object:
+    options.setdefault("batch_count", 2)
+    options.setdefault("retry_delay", 0.0)
+    journal = Journal.open(journal_path) if journal_path else Journal.in_memory()
+    try:
+        return Engine(lambda: src, lambda: dst, journal, CopyOptions(**options)).run()
+    finally:
+        journal.close()
+
+
+def contents(store: MemoryStore) -> Counter:
+    return Counter(
+        (folder, m.data, m.flags, m.date)
+        for folder, box in store.boxes.items()
+        for m in box.messages
+    )
+
+
+def test_copies_everything_with_flags_and_dates_and_maps_delimiters(tmp_path):
+    src, dst = filled_source(), MemoryStore(delimiter=".", label="dst")
+    summary = run(src, dst, tmp_path / "j")
+    assert summary.total("copied") == 24 and summary.ok
+    assert contents(src) == contents(dst)
+
+
+def test_rerun_copies_nothing_and_new_mail_only(tmp_path):
+    src, dst = filled_source(), MemoryStore(delimiter=".")
+    run(src, dst, tmp_path / "j")
+    again = run(src, dst, tmp_path / "j")
+    assert again.total("copied") == 0
+    assert again.total("skipped") == 24
+    src.add(("Archive",), message(100))
+    third = run(src, dst, tmp_path / "j")
+    assert third.total("copied") == 1
+    assert contents(src) == contents(dst)
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_crash_at_every_append_then_rerun_gives_each_message_exactly_once(tmp_path, when):
+    reference = filled_source()
+    total_appends = 0
+    probe = MemoryStore(delimiter=".")
+    run(filled_source(), probe, None)
+    total_appends = probe.appends
+    assert total_appends > 5
+    for k in range(1, total_appends + 1):
+        src, dst = filled_source(), MemoryStore(delimiter=".")
+        setattr(dst, f"crash_{when}_append", k)
+        with pytest.raises(Crash):
+            run(src, dst, tmp_path / f"j{when}{k}")
+        setattr(dst, f"crash_{when}_append", None)
+        run(src, dst, tmp_path / f"j{when}{k}")
+        assert contents(dst) == contents(reference), f"crash {when} append {k}"
+
+
+def test_lost_journal_adds_no_duplicates(tmp_path):
+    src, dst = filled_source(), MemoryStore(delimiter=".")
+    run(src, dst, tmp_path / "j")
+    summary = run(src, dst, tmp_path / "other")
+    assert summary.total("copied") == 0 and summary.total("skipped") == 24
+    assert contents(src) == contents(dst)
+
+
+def test_new_uidvalidity_adds_no_duplicates_but_copies_new_mail(tmp_path):
+    src, dst = filled_source(), MemoryStore(delimiter=".")
+    run(src, dst, tmp_path / "j")
+    box = src.boxes[("Archive",)]
+    box.validity = 99
+    for n, m in enumerate(box.messages):
+        m.uid = 1000 + n
+    src.add(("Archive",), message(200))
+    summary = run(src, dst, tmp_path / "j")
+    assert summary.total("copied") == 1
+    assert contents(src) == contents(dst)
+
+
+def test_identical_messages_in_source_are_both_copied(tmp_path):
+    src, dst = MemoryStore(), MemoryStore()
+    src.add(("INBOX",), message(1))
+    src.add(("INBOX",), message(1))
+    run(src, dst, tmp_path / "j")
+    assert dst.bodies(("INBOX",)) == [message(1)] * 2
+    # and with the journal lost, neither is copied a third time
+    run(src, dst, tmp_path / "lost")
+    assert len(dst.bodies(("INBOX",))) == 2
+
+
+def test_messages_without_message_id_are_recognised_by_header_digest(tmp_path):
+    src, dst = MemoryStore(), MemoryStore()
+    for i in range(5):
+        src.add(("INBOX",), message(i, mid=False))
+    run(src, dst, tmp_path / "j")
+    run(src, dst, tmp_path / "lost")
+    assert dst.bodies(("INBOX",)) == src.bodies(("INBOX",))
+
+
+def test_dropped_connection_reconnects_and_finishes_exactly_once(tmp_path):
+    src, dst = filled_source(), MemoryStore(delimiter=".")
+    dst.drop_at_append = 3
+    summary = run(src, dst, tmp_path / "j", retries=2)
+    assert summary.ok and dst.connects >= 2
+    assert contents(src) == contents(dst)
+
+
+def test_gives_up_after_the_configured_retries(tmp_path):
+    from migrator.errors import StoreError
+
+    class Flaky(MemoryStore):
+        def append(self, path, items):
+            self.connected = False
+            raise StoreError("flaky: connection lost", transient=True)
+
+    with pytest.raises(StoreError, match="gave up after 2 reconnects"):
+        run(filled_source(), Flaky(), tmp_path / "j", retries=2)
+
+
+def test_refused_message_is_recorded_run_goes_on_and_is_retried(tmp_path):
+    src, dst = filled_source(8), MemoryStore(delimiter=".")
+    src.add(("INBOX",), b"Message-ID: <bad@x>\r\nSubject: REFUSE\r\n\r\nx\r\n")
+    dst.refuse_marker = b"REFUSE"
+    summary = run(src, dst, tmp_path / "j")
+    assert summary.total("failed") == 1 and summary.total("copied") == 8 and not summary.ok
+    journal = Journal.open(tmp_path / "j")
+    [failure] = journal.failures()
+    assert failure.error == "refused by test"
+    journal.close()
+    dst.refuse_marker = None
+    again = run(src, dst, tmp_path / "j")
+    assert again.total("copied") == 1 and again.ok
+    assert contents(src) == contents(dst)
+
+
+def test_dry_run_writes_nothing(tmp_path):
+    src, dst = filled_source(), MemoryStore(delimiter=".")
+    journal_path = tmp_path / "j"
+    run(src, dst, journal_path, folder_map=FolderMap(include=["INBOX"]))
+    before = journal_path.read_bytes()
+    src.add(("Archive",), message(300))
+    journal = Journal.in_memory(journal_path)
+    summary = Engine(lambda: src, lambda: dst, journal, CopyOptions(dry_run=True)).run()
+    assert summary.total("copied") == 19  # 25 messages, 6 in INBOX already copied
+    assert list(dst.boxes) == [("INBOX",)] and len(dst.bodies(("INBOX",))) == 6
+    assert journal_path.read_bytes() == before
+
+
+def test_delete_source_removes_only_confirmed_and_selected(tmp_path):
+    src, dst = MemoryStore(), MemoryStore()
+    for i in range(10):
+        src.add(("INBOX",), message(i), date=datetime(2000 + i, 6, 1, tzinfo=UTC))
+    src.add(
+        ("INBOX",),
+        b"Message-ID: <r@x>\r\nSubject: REFUSE\r\n\r\nx\r\n",
+        date=datetime(2001, 1, 1, tzinfo=UTC),
+    )
+    dst.refuse_marker = b"REFUSE"
+    old = MessageFilter(before=datetime(2005, 1, 1, tzinfo=UTC))
+    summary = run(src, dst, tmp_path / "j", delete_source=True, message_filter=old)
+    assert summary.total("deleted") == 5
+    left = src.bodies(("INBOX",))
+    assert len(left) == 6 and any(b"REFUSE" in b for b in left)
+    assert len(dst.bodies(("INBOX",))) == 5
+    # Without a filter, a later run archives the rest, but never the refused one.
+    run(src, dst, tmp_path / "j", delete_source=True)
+    assert [b for b in src.bodies(("INBOX",))] == [m for m in left if b"REFUSE" in m]
+
+
+def test_delete_source_after_crash_between_append_and_delete(tmp_path):
+    src, dst = filled_source(6), MemoryStore()
+    dst.crash_after_append = 2
+    with pytest.raises(Crash):
+        run(src, dst, tmp_path / "j", delete_source=True)
+    # every message is somewhere, nothing twice in the target
+    union = Counter(m for f in src.boxes for m in src.bodies(f)) + Counter(
+        m for f in dst.boxes for m in dst.bodies(f)
+    )
+    assert set(union) == {message(i) for i in range(6)}
+    dst.crash_after_append = None
+    run(src, dst, tmp_path / "j", delete_source=True)
+    assert all(not src.bodies(f) for f in src.boxes)
+    assert sorted(m for f in dst.boxes for m in dst.bodies(f)) == sorted(
+        message(i) for i in range(6)
+    )
+
+
+def test_stop_event_ends_after_a_committed_batch(tmp_path):
+    src, dst = filled_source(), MemoryStore(delimiter=".")
+    stop = threading.Event()
+
+    class Stopper(MemoryStore):
+        def append(self, path, items):
+            stop.set()
+            return super().append(path, items)
+
+    target = Stopper(delimiter=".")
+    journal = Journal.open(tmp_path / "j")
+    summary = Engine(
+        lambda: src, lambda: target, journal, CopyOptions(batch_count=2), stop=stop
+    ).run()
+    journal.close()
+    assert summary.interrupted and summary.total("copied") == 2
+    summary = run(src, target, tmp_path / "j")
+    assert contents(src) == contents(target)
+    del dst
+
+
+def test_workers_share_the_folders_and_the_result_is_the_same(tmp_path):
+    sources = {n: filled_source() for n in range(4)}
+
+    class PerWorker:
+        """Each worker gets its own connection to the same mailboxes."""
+
+        def __init__(self, store):
+            self.store = store
+
+        def __call__(self):
+            return self.store
+
+    src, dst = sources[0], MemoryStore(delimiter=".")
+    journal = Journal.open(tmp_path / "j")
+    summary = Engine(PerWorker(src), PerWorker(dst), journal, CopyOptions(workers=3)).run()
+    journal.close()
+    assert summary.total("copied") == 24
+    assert contents(src) == contents(dst)
+
+
+def test_special_use_folder_lands_in_targets_folder_of_same_use(tmp_path):
+    src, dst = MemoryStore(), MemoryStore(delimiter=".")
+    src.add(("Sent Items",), message(1))
+    dst.boxes[("Gesendet",)] = dst.boxes.get(("Gesendet",)) or type(dst.boxes[("INBOX",)])(
+        special_use="\\Sent"
+    )
+    run(src, dst, tmp_path / "j")
+    assert dst.bodies(("Gesendet",)) == [message(1)]
+    assert ("Sent Items",) not in dst.boxes
