@@ -554,6 +554,7 @@ def _copy(**a: Any) -> ExitStatus:
     elif not a["quiet"]:
         typer.echo(summary_table(summary))
     if summary.interrupted:
+        _err("migrator: interrupted; what was copied is recorded: run the same command to finish")
         return ExitStatus.INTERRUPTED
     return ExitStatus.OK if summary.ok else ExitStatus.PARTIAL
 

@@ -39,7 +39,7 @@ def test_stores_keep_to_their_room():
             m for m in used if m.startswith("migrator.stores.") and m != "migrator.stores.base"
         }
         helpers = {
-            m for m in others if not m.rsplit(".", 1)[1] in {"imap", "pop3", "mbox", "maildir"}
+            m for m in others if m.rsplit(".", 1)[1] not in {"imap", "pop3", "mbox", "maildir"}
         }
         assert others == helpers, (path, others)
 
