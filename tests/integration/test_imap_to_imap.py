@@ -1,4 +1,4 @@
-"""Issue 2: IMAP to IMAP against two real Dovecot servers ('/' source, '.' target, TLS with a test CA).
+"""Issue 2: IMAP to IMAP against two real Dovecot servers (source "/", target ".", TLS, test CA).
 
 Every check compares full snapshots (bytes, flags, INTERNALDATE) of both accounts, so a message
 copied twice, lost, altered or re-dated fails the test.
@@ -159,7 +159,7 @@ def test_ctrl_c_stops_cleanly_with_130_and_rerun_finishes(seeded, tmp_path):
     proc = job.start("--workers", "1")
     _wait_for_progress(proc, job.state, 0)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=60)
     if proc.returncode != 0:  # it may have finished first on a fast machine
         assert proc.returncode == 130, err
         assert b"interrupted" in err and b"Traceback" not in err
@@ -179,7 +179,7 @@ def test_target_server_restart_mid_run(seeded, tmp_path, dovecot_target):
         time.sleep(0.05)
     dovecot_target.restart()
     dst._clients.clear()  # their connections died with the server
-    out, err = proc.communicate(timeout=240)
+    _, err = proc.communicate(timeout=240)
     assert proc.returncode == 0, err.decode()
     assert_same(src, dst)
 
