@@ -37,6 +37,8 @@ CREATE TABLE IF NOT EXISTS folders (
     dst_folder TEXT NOT NULL,
     validity TEXT NOT NULL,
     reconciled INTEGER NOT NULL DEFAULT 0,
+    -- messages the last run selected in the source folder (status: pending = selected - settled)
+    selected INTEGER,
     PRIMARY KEY (src_folder, dst_folder)
 );
 CREATE TABLE IF NOT EXISTS messages (
@@ -257,6 +259,13 @@ class Journal:
             ).fetchone()
             return pending is None
 
+    def set_selected(self, src: FolderPath, dst: FolderPath, count: int) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE folders SET selected=? WHERE src_folder=? AND dst_folder=?",
+                (count, folder_text(src), folder_text(dst)),
+            )
+
     def done_ids(self, src: FolderPath, validity: str, dst: FolderPath) -> set[str]:
         rows = self._query(
             "SELECT src_id FROM messages WHERE src_folder=? AND validity=? AND dst_folder=? "
@@ -366,17 +375,24 @@ class Journal:
     # -- reporting -------------------------------------------------------------------------
 
     def counts(self) -> list[FolderCounts]:
+        """Per folder pair, under the current validity: settled rows, and what remains of the
+        selection the last run saw (rows begun but unconfirmed, and messages not reached yet)."""
         rows = self._query(
-            "SELECT m.src_folder, m.dst_folder, "
-            "sum(m.state='done'), sum(m.state='skipped'), sum(m.state='failed'), "
-            "sum(m.state='pending') FROM messages m JOIN folders f "
+            "SELECT f.src_folder, f.dst_folder, f.selected, "
+            "coalesce(sum(m.state='done'), 0), coalesce(sum(m.state='skipped'), 0), "
+            "coalesce(sum(m.state='failed'), 0), coalesce(sum(m.state='pending'), 0) "
+            "FROM folders f LEFT JOIN messages m "
             "ON m.src_folder=f.src_folder AND m.dst_folder=f.dst_folder AND m.validity=f.validity "
-            "GROUP BY m.src_folder, m.dst_folder ORDER BY m.src_folder"
+            "GROUP BY f.src_folder, f.dst_folder ORDER BY f.src_folder"
         )
-        return [
-            FolderCounts(folder_path(s), folder_path(d), done, skipped, failed, pending)
-            for s, d, done, skipped, failed, pending in rows
-        ]
+        result = []
+        for s, d, selected, done, skipped, failed, pending in rows:
+            if selected is not None:
+                pending = max(pending, selected - done - skipped - failed)
+            result.append(
+                FolderCounts(folder_path(s), folder_path(d), done, skipped, failed, pending)
+            )
+        return result
 
     def failures(self) -> list[Failure]:
         rows = self._query(

@@ -92,6 +92,15 @@ def parse_endpoint(text: str) -> Endpoint:
 
 
 def _parse_server(text: str, scheme: str, rest: str) -> ServerEndpoint:
+    # A password may hold any character ('/', '?', '@'), so look for one before anything else,
+    # and never show it: every message below uses the redacted text.
+    userinfo_all = rest.rpartition("@")[0]
+    if ":" in userinfo_all:
+        raise ConfigError(
+            f"{_redact(text)}: a password in the URL is refused (it would show in the process "
+            "list and shell history); use MIGRATOR_SOURCE_PASSWORD/MIGRATOR_TARGET_PASSWORD, "
+            "--source-password-file or the keyring"
+        )
     rest, _, query = rest.partition("?")
     authority, slash, path = rest.partition("/")
     if slash and path:
@@ -143,7 +152,11 @@ def _split_hostport(text: str, hostport: str) -> tuple[str, int | None]:
 
 def _redact(text: str) -> str:
     """The endpoint as it may be shown: a password written in it is replaced by ***."""
-    return re.sub(r"(://[^/@?]*?):[^/@?]*@", r"\1:***@", text)
+    scheme, sep, rest = text.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return text
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}"
 
 
 @dataclass(frozen=True)

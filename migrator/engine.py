@@ -307,6 +307,7 @@ class Engine:
             already = state.count - len(listed)
         # Messages this run copied before a reconnect are in `done` now: not "already there".
         stats.skipped = max(0, already - stats.copied)
+        journal.set_selected(src, dst, already + len(refs))
         if refs and not reconciled:
             refs = self._reconcile(target, plan, validity, refs, stats)
         elif not reconciled:

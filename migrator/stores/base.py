@@ -43,6 +43,10 @@ class Store:
     def list_folders(self) -> list[Folder]:
         raise NotImplementedError
 
+    def describe(self) -> list[tuple[str, str]]:
+        """What `migrator check` shows about a connected store: (name, value) pairs."""
+        return [("endpoint", self.label)]
+
     def __enter__(self) -> Store:
         self.connect()
         return self

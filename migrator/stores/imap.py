@@ -201,6 +201,44 @@ class ImapStore(Source, Target):
     def capabilities(self) -> frozenset[str]:
         return self._caps
 
+    #: The capabilities that change how we work, in the order `check` lists them.
+    NOTABLE = (
+        "IMAP4REV2",
+        "UIDPLUS",
+        "MULTIAPPEND",
+        "LITERAL+",
+        "SPECIAL-USE",
+        "MOVE",
+        "CONDSTORE",
+        "APPENDLIMIT",
+        "UTF8=ACCEPT",
+        "NAMESPACE",
+        "IDLE",
+    )
+
+    def describe(self) -> list[tuple[str, str]]:
+        client = self._c
+        sock = client.socket()
+        subject = ""
+        if isinstance(sock, ssl.SSLSocket):
+            cert = sock.getpeercert() or {}
+            subject = ", ".join(f"{k}={v}" for rdn in cert.get("subject", ()) for k, v in rdn)
+        notable = [
+            c
+            for c in self.NOTABLE
+            if c in self._caps or any(x.startswith(c + "=") for x in self._caps)
+        ]
+        return [
+            ("endpoint", self.label),
+            ("greeting", self.greeting),
+            ("tls", self.tls_version or "none (plaintext)"),
+            ("certificate", subject or "-"),
+            ("capabilities", " ".join(notable) or "-"),
+            ("missing", " ".join(c for c in self.NOTABLE[:5] if c not in notable) or "-"),
+            ("delimiter", self.delimiter or "-"),
+            ("folders", str(len(self.list_folders()))),
+        ]
+
     def _learn_namespace(self) -> None:
         limit = next((c for c in self._caps if c.startswith("APPENDLIMIT=")), None)
         if limit and limit.split("=", 1)[1].isdigit():

@@ -83,3 +83,14 @@ def test_profiles_answer_not_supported_yet_with_usage_exit():
     with pytest.raises(ConfigError) as info:
         open_store(parse_endpoint("gmail:alice@gmail.com"), None, "source")
     assert info.value.exit_status == 2
+
+
+@given(
+    st.sampled_from(["imaps", "imap", "pop3s", "ftp", "smtp"]),
+    st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=4, max_size=16),
+)
+def test_no_scheme_echoes_a_password_with_any_characters(scheme, secret):
+    try:
+        parse_endpoint(f"{scheme}://alice:{secret}Q@host")
+    except ConfigError as exc:
+        assert f"{secret}Q" not in str(exc)
