@@ -143,9 +143,18 @@ class BarReporter(LineReporter):
     def _show(self, text: str) -> None:
         self._tqdm.write(text, file=sys.stderr)
 
+    @staticmethod
+    def _size() -> dict[str, Any]:
+        """Follow the terminal's width; one that reports no size gets 80 columns."""
+        try:
+            columns = os.get_terminal_size(sys.stderr.fileno()).columns
+        except OSError:
+            columns = 0
+        return {"dynamic_ncols": True} if columns else {"ncols": 80}
+
     def planned(self, plans: Sequence[FolderPlan]) -> None:
         with self._lock:
-            common = {"dynamic_ncols": True, "leave": True, "file": sys.stderr}
+            common = {**self._size(), "leave": True, "file": sys.stderr}
             self._messages = self._tqdm(total=0, unit="msg", desc="messages", position=0, **common)
             self._bytes = self._tqdm(
                 total=0,
@@ -169,9 +178,9 @@ class BarReporter(LineReporter):
                     unit="msg",
                     desc=_shorten(plan.source_name, 20),
                     position=2 + len(self._folders),
-                    dynamic_ncols=True,
                     leave=False,
                     file=sys.stderr,
+                    **self._size(),
                 )
 
     def advanced(self, plan: FolderPlan, messages: int, nbytes: int) -> None:

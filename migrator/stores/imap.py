@@ -223,6 +223,9 @@ class ImapStore(Source, Target):
         if isinstance(sock, ssl.SSLSocket):
             cert = sock.getpeercert() or {}
             subject = ", ".join(f"{k}={v}" for rdn in cert.get("subject", ()) for k, v in rdn)
+            names = ", ".join(str(v) for _, v in cert.get("subjectAltName", ()))
+            if names:
+                subject += f" (for {names})"
         notable = [
             c
             for c in self.NOTABLE
@@ -230,7 +233,7 @@ class ImapStore(Source, Target):
         ]
         return [
             ("endpoint", self.label),
-            ("greeting", self.greeting),
+            ("greeting", re.sub(r"\[CAPABILITY [^]]*\] ?", "", self.greeting)),
             ("tls", self.tls_version or "none (plaintext)"),
             ("certificate", subject or "-"),
             ("capabilities", " ".join(notable) or "-"),
