@@ -440,6 +440,27 @@ def _message_filter(
     )
 
 
+SYSTEM_FLAGS = {
+    "seen": "\\Seen",
+    "answered": "\\Answered",
+    "flagged": "\\Flagged",
+    "draft": "\\Draft",
+}
+
+
+def _flag_names(names: list[str]) -> frozenset[str]:
+    flags = set()
+    for name in names:
+        key = name.strip().lstrip("\\").lower()
+        if key in SYSTEM_FLAGS:
+            flags.add(SYSTEM_FLAGS[key])
+        elif re.fullmatch(r"[$A-Za-z0-9_.-]+", name.strip()):
+            flags.add(name.strip())
+        else:
+            raise ConfigError(f"--flags {name!r}: use seen, answered, flagged, draft or a keyword")
+    return frozenset(flags)
+
+
 # -- copy -----------------------------------------------------------------------------------
 
 
@@ -466,6 +487,15 @@ def copy(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Show what would be copied; change nothing.")
     ] = False,
+    flags: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--flags",
+            help="Add this flag to every copied message: seen, answered, flagged, draft, or a "
+            "keyword (repeatable). For POP3 sources whose client had read everything.",
+            show_default=False,
+        ),
+    ] = None,
     workers: Annotated[
         int, typer.Option("--workers", min=1, max=32, help="Folders copied at once.")
     ] = 2,
@@ -504,6 +534,7 @@ def copy(
             message_filter=_message_filter(since, before, older_than, max_size),
             delete_source=delete_source,
             dry_run=dry_run,
+            add_flags=_flag_names(flags or []),
             workers=workers,
             retries=retries,
         )

@@ -15,7 +15,7 @@ import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from migrator.checkpoint import Journal
@@ -37,6 +37,8 @@ class CopyOptions:
     retries: int = 5
     #: First pause before reconnecting; doubles at each attempt.
     retry_delay: float = 1.0
+    #: Flags added to every copied message (--flags seen: a POP client had read everything).
+    add_flags: frozenset[str] = frozenset()
     #: Bytes and messages per append batch (and per journal transaction).
     batch_bytes: int = 8 * 1024 * 1024
     batch_count: int = 400
@@ -179,6 +181,11 @@ class Engine:
             source.close()
             target.close()
             raise
+        if not source.stable_ids:
+            self._notice(
+                f"{source.label}: the server gives no stable message ids (no UIDL), so messages "
+                "are recognised by a digest of their headers: identity is weaker there"
+            )
         for plan in plans:
             if plan.note and plan.note.startswith("renamed"):
                 self._notice(f"{plan.source_name} -> {plan.target_name}: {plan.note}")
@@ -421,7 +428,9 @@ class Engine:
         done: list[tuple[MessageRef, str | None]] = []
         if good:
             self.journal.begin(src, validity, dst, [ref for ref, _ in good])
-            results = target.append(dst, good)
+            extra = self.options.add_flags
+            outgoing = [(replace(r, flags=r.flags | extra), d) for r, d in good] if extra else good
+            results = target.append(dst, outgoing)
             for (ref, _), result in zip(good, results, strict=True):
                 if result.ok:
                     done.append((ref, result.target_id))

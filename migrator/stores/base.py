@@ -11,6 +11,7 @@ from __future__ import annotations
 import ssl
 from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Self
 
 from migrator.errors import MessageError
 from migrator.model import Folder, FolderPath, FolderState, MessageRef
@@ -47,7 +48,7 @@ class Store:
         """What `migrator check` shows about a connected store: (name, value) pairs."""
         return [("endpoint", self.label)]
 
-    def __enter__(self) -> Store:
+    def __enter__(self) -> Self:
         self.connect()
         return self
 

@@ -90,3 +90,12 @@ def test_password_file_and_command_are_used_in_order(tmp_path):
 def test_help_has_an_example_for_copy():
     result = runner.invoke(app, ["copy", "--help"])
     assert result.exit_code == 0 and "Example: migrator copy" in result.output
+
+
+def test_flag_names():
+    from migrator.cli import _flag_names
+    from migrator.errors import ConfigError
+
+    assert _flag_names(["seen", "Flagged", "$Forwarded"]) == {"\\Seen", "\\Flagged", "$Forwarded"}
+    with pytest.raises(ConfigError):
+        _flag_names(["no spaces allowed"])

@@ -273,3 +273,17 @@ def test_special_use_folder_lands_in_targets_folder_of_same_use(tmp_path):
     run(src, dst, tmp_path / "j")
     assert dst.bodies(("Gesendet",)) == [message(1)]
     assert ("Sent Items",) not in dst.boxes
+
+
+def test_add_flags_marks_every_copied_message(tmp_path):
+    src, dst = filled_source(4), MemoryStore(delimiter=".")
+    run(src, dst, tmp_path / "j", add_flags=frozenset({"\\Seen"}))
+    assert all("\\Seen" in m.flags for box in dst.boxes.values() for m in box.messages)
+    assert any("\\Seen" not in m.flags for box in src.boxes.values() for m in box.messages)
+
+
+def test_weak_source_ids_are_reported(tmp_path):
+    src, dst = filled_source(2), MemoryStore()
+    src.stable_ids = False
+    summary = run(src, dst, tmp_path / "j")
+    assert any("identity is weaker" in n for n in summary.notices)
