@@ -1,0 +1,451 @@
+"""Maildir++ trees as Dovecot and Courier serve them.
+
+Layout. DIR/{cur,new,tmp} is INBOX; folder Archive/2023 is DIR/.Archive.2023/ (each level in
+modified UTF-7, as Dovecot writes it, with a ``maildirfolder`` marker file). A level holding '.'
+cannot be stored, so ``delimiter`` is "." and the engine renames such levels first. A parent that
+has no directory of its own is listed as a non-selectable folder, as Dovecot shows it.
+
+Messages. Written to tmp/, fsynced, given INTERNALDATE as mtime (Dovecot's received date), then
+renamed into cur/ under Dovecot's name
+``<time>.M<usec>P<pid>Q<n>.<host>,S=<size>,W=<vsize>:2,<flags>`` (S is the size on disk, with LF
+line endings; W the size with CRLF); cur/ is fsynced once per batch.
+Everything goes to cur/: new/ means "not yet seen by a mail client", which \\Recent no longer
+describes once copied. Flags are the ``:2,`` letters D F R S (T, \\Deleted, is never written);
+keywords are letters a-z mapped in the folder's ``dovecot-keywords`` file, which is updated under
+its dotlock before any message uses a new letter. A folder can hold at most 26 keywords this way; a
+message needing a 27th is refused with that reason rather than stored without it.
+
+Identity. A message's id is its file name up to ':' (the part flags never change), so it survives
+flag changes and the move from new/ to cur/; the validity is constant.
+
+Reading. Files in new/ and cur/ whose name starts with '.' and anything that is not a regular file
+are skipped; a file whose name is not a delivery name (``<digits>.…``) and whose content does not
+start like a message (a header field or a From_ line) is listed and reported as a failed message,
+never copied as mail and never touched. tmp/ is never read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import re
+import time
+from collections.abc import Container, Iterable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import BinaryIO
+
+from migrator.errors import ConfigError, FolderError, MessageError, StoreError
+from migrator.model import (
+    INBOX,
+    UNCOPIED_FLAGS,
+    Folder,
+    FolderPath,
+    FolderState,
+    MessageRef,
+    crlf_size,
+    message_key,
+)
+from migrator.stores.base import AppendResult, Source, Target
+from migrator.stores.localfiles import (
+    FILE_MODE,
+    LOCK_TIMEOUT,
+    date_from_headers,
+    decode_level,
+    dotlock,
+    encode_level,
+    fsync_dir,
+    header_block,
+    hostname_for_filename,
+    make_private_dirs,
+    os_reason,
+    pid_alive,
+    special_use_by_name,
+    to_lf,
+    utc_now,
+    write_all,
+    write_private_file,
+)
+
+VALIDITY = "maildir-1"
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+KEYWORDS_FILE = "dovecot-keywords"
+SUBDIRS = ("cur", "new", "tmp")
+
+#: System flags and their letters in the ":2," info, as Dovecot and mutt write them.
+FLAG_LETTERS = {"\\Draft": "D", "\\Flagged": "F", "\\Answered": "R", "\\Seen": "S"}
+LETTER_FLAGS = {letter: flag for flag, letter in FLAG_LETTERS.items()} | {"T": "\\Deleted"}
+_SIZE = re.compile(r",W=(\d+)")
+_LOOKS_LIKE_MAIL = re.compile(rb"^(From |[!-9;-~]+[ \t]*:)")
+#: Delivery names start with the time: "1700000000.M1P2Q3.host", "1700000000.12345_1.host".
+_DELIVERY_NAME = re.compile(r"^\d+\.")
+_OUR_TMP = re.compile(r"^\d+\.M\d+P(\d+)Q\d+\.(.+?),S=")
+_counter = itertools.count(1)
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """(unique base, info after ':2,'); the info is empty for a file without flags."""
+    base, sep, info = name.partition(":")
+    return base, info[2:] if sep and info.startswith("2,") else ""
+
+
+def info_flags(info: str, letters: dict[str, str]) -> frozenset[str]:
+    """Flags from the ':2,' letters; lower-case letters are keywords through ``letters``."""
+    flags = {LETTER_FLAGS[c] for c in info if c in LETTER_FLAGS}
+    flags.update(letters[c] for c in info if c.islower() and c in letters)
+    return frozenset(flags)
+
+
+def read_keywords(folder: Path) -> dict[str, str]:
+    """letter -> keyword, from Dovecot's ``dovecot-keywords`` ("<index> <keyword>" lines)."""
+    try:
+        text = (folder / KEYWORDS_FILE).read_text("utf-8", "replace")
+    except OSError:
+        return {}
+    letters: dict[str, str] = {}
+    for line in text.splitlines():
+        number, _, keyword = line.partition(" ")
+        if number.isdigit() and int(number) < 26 and keyword:
+            letters[chr(ord("a") + int(number))] = keyword
+    return letters
+
+
+def unique_name(size: int, vsize: int) -> str:
+    """A new file name in Dovecot's form, unique by time, pid and a per-process counter."""
+    now = time.time()
+    seconds = int(now)
+    micro = int((now - seconds) * 1_000_000)
+    return (
+        f"{seconds}.M{micro}P{os.getpid()}Q{next(_counter)}.{hostname_for_filename()}"
+        f",S={size},W={vsize}"
+    )
+
+
+class MaildirStore(Source, Target):
+    """Both roles over a Maildir++ tree; see the module docstring."""
+
+    delimiter = "."
+    stable_ids = True
+    can_delete = True
+
+    def __init__(
+        self, path: Path, *, create: bool = True, lock_timeout: float = LOCK_TIMEOUT
+    ) -> None:
+        """``create`` False makes a missing directory an error at connect (a source must exist)."""
+        self.path = Path(path)
+        self.label = f"maildir:{path}"
+        self.create = create
+        self.lock_timeout = lock_timeout
+
+    # -- connecting and folders ------------------------------------------------------------
+
+    def connect(self) -> None:
+        path = self.path
+        if path.exists():
+            if not path.is_dir():
+                raise ConfigError(f"{self.label}: not a directory")
+            if not os.access(path, os.R_OK | os.X_OK):
+                raise ConfigError(f"{self.label}: permission denied; check the owner and mode")
+        elif not self.create:
+            raise ConfigError(f"{self.label}: no such directory")
+
+    def close(self) -> None:
+        pass
+
+    def list_folders(self) -> list[Folder]:
+        if not self.path.is_dir():
+            return []
+        selectable: set[FolderPath] = set()
+        if (self.path / "cur").is_dir():
+            selectable.add(INBOX)
+        try:
+            entries = list(os.scandir(self.path))
+        except OSError as exc:
+            raise StoreError(f"{self.label}: cannot list: {os_reason(exc)}") from None
+        for entry in entries:
+            name = entry.name
+            if not name.startswith(".") or name in (".", ".."):
+                continue
+            levels = name[1:].split(".")
+            if any(not level for level in levels):
+                continue
+            with contextlib.suppress(OSError):
+                if entry.is_dir() and os.path.isdir(os.path.join(entry.path, "cur")):
+                    selectable.add(tuple(decode_level(level) for level in levels))
+        paths = {p[:depth] for p in selectable for depth in range(1, len(p) + 1)}
+        return [
+            Folder(p, special_use_by_name(p) if p in selectable else None, p in selectable)
+            for p in sorted(paths)
+        ]
+
+    def _dir(self, path: FolderPath) -> Path:
+        if path == INBOX:
+            return self.path
+        for level in path:
+            if not level or "." in level or "/" in level or "\0" in level:
+                raise FolderError(
+                    f"{self.label}: folder level {level!r} cannot be stored in Maildir++ "
+                    "('.' separates levels there)"
+                )
+        return self.path / ("." + ".".join(encode_level(level) for level in path))
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def open_folder(self, path: FolderPath) -> FolderState:
+        folder = self._existing(path)
+        return FolderState(VALIDITY, sum(1 for _ in self._files(folder)))
+
+    def list_messages(self, path: FolderPath, skip: Container[str] = ()) -> Iterator[MessageRef]:
+        folder = self._existing(path)
+        letters = read_keywords(folder)
+        return (
+            self._ref(folder, sub, name, letters)
+            for sub, name in self._files(folder)
+            if split_name(name)[0] not in skip
+        )
+
+    def fetch(
+        self, path: FolderPath, refs: Sequence[MessageRef]
+    ) -> Iterator[tuple[MessageRef, bytes | MessageError]]:
+        folder = self._existing(path)
+        where: dict[str, str] | None = None
+        for ref in refs:
+            if ref.extra.get("error"):
+                yield ref, MessageError(ref.extra["error"])
+                continue
+            data = self._read(folder / ref.extra["file"]) if ref.extra.get("file") else None
+            if data is None:
+                if where is None:
+                    where = self._locate(folder)
+                rel = where.get(ref.id)
+                data = self._read(folder / rel) if rel else None
+            if data is None:
+                yield ref, MessageError("no longer in the Maildir (moved or deleted meanwhile)")
+            elif isinstance(data, MessageError):
+                yield ref, data
+            else:
+                yield ref, data
+
+    def delete(self, path: FolderPath, ids: Sequence[str]) -> None:
+        folder = self._existing(path)
+        where = self._locate(folder)
+        touched: set[Path] = set()
+        for message_id in ids:
+            rel = where.get(message_id)
+            if rel is None:
+                continue
+            file = folder / rel
+            try:
+                file.unlink()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise FolderError(f"{self.label}: cannot delete {file}: {os_reason(exc)}") from None
+            touched.add(file.parent)
+        for directory in touched:
+            fsync_dir(directory)
+
+    def _existing(self, path: FolderPath) -> Path:
+        folder = self._dir(path)
+        if not (folder / "cur").is_dir():
+            raise FolderError(f"{self.label}: folder {'/'.join(path)} does not exist")
+        if not os.access(folder / "cur", os.R_OK | os.X_OK):
+            raise FolderError(f"{self.label}: cannot read {folder / 'cur'}: permission denied")
+        return folder
+
+    def _files(self, folder: Path) -> Iterator[tuple[str, str]]:
+        """(sub-directory, file name) of each message file, new/ first, in name order."""
+        seen: set[str] = set()
+        for sub in ("new", "cur"):
+            try:
+                entries = sorted(os.scandir(folder / sub), key=lambda e: e.name)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise FolderError(
+                    f"{self.label}: cannot list {folder / sub}: {os_reason(exc)}"
+                ) from None
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                try:
+                    if not entry.is_file():
+                        continue
+                except OSError:
+                    continue
+                base = split_name(entry.name)[0]
+                if base not in seen:
+                    seen.add(base)
+                    yield sub, entry.name
+
+    def _locate(self, folder: Path) -> dict[str, str]:
+        return {split_name(name)[0]: f"{sub}/{name}" for sub, name in self._files(folder)}
+
+    def _ref(self, folder: Path, sub: str, name: str, letters: dict[str, str]) -> MessageRef:
+        base, info = split_name(name)
+        file = folder / sub / name
+        extra = {"file": f"{sub}/{name}"}
+        flags = info_flags(info, letters) if sub == "cur" else frozenset()
+        try:
+            mtime_ns = file.stat().st_mtime_ns
+            date: datetime | None = EPOCH + timedelta(microseconds=mtime_ns // 1000)
+            sized = _SIZE.search(base)
+            with open(file, "rb") as handle:
+                data = handle.read() if sized is None else _read_header(handle)
+        except OSError as exc:
+            extra["error"] = f"cannot read {file}: {os_reason(exc)}"
+            return MessageRef(base, 0, flags, None, "", extra)
+        size = int(sized[1]) if sized else crlf_size(data)
+        if not _DELIVERY_NAME.match(name) and not _LOOKS_LIKE_MAIL.match(data):
+            extra["error"] = (
+                f"{file} does not look like a message (no header field at its start); "
+                "it was left in place"
+            )
+        return MessageRef(base, size, flags, date, message_key(header_block(data), size), extra)
+
+    @staticmethod
+    def _read(file: Path) -> bytes | MessageError | None:
+        try:
+            return file.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            return MessageError(f"cannot read {file}: {os_reason(exc)}")
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def ensure_folder(self, path: FolderPath) -> None:
+        folder = self._dir(path)
+        try:
+            for directory in (self.path, folder):
+                make_private_dirs(directory)
+                for sub in SUBDIRS:
+                    make_private_dirs(directory / sub)
+            marker = folder / "maildirfolder"
+            if folder != self.path and not marker.exists():
+                os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, FILE_MODE))
+                fsync_dir(folder)
+        except OSError as exc:
+            raise FolderError(f"{self.label}: cannot create {folder}: {os_reason(exc)}") from None
+
+    def index(self, path: FolderPath) -> Iterable[str]:
+        folder = self._dir(path)
+        if not (folder / "cur").is_dir():
+            return []
+        return [
+            ref.key
+            for sub, name in self._files(folder)
+            if not (ref := self._ref(folder, sub, name, {})).extra.get("error")
+        ]
+
+    def append(
+        self, path: FolderPath, items: Sequence[tuple[MessageRef, bytes]]
+    ) -> list[AppendResult]:
+        if not items:
+            return []
+        folder = self._dir(path)
+        if not (folder / "cur").is_dir():
+            self.ensure_folder(path)
+        wanted = sorted({k for ref, _ in items for k in _keywords(ref.flags)})
+        try:
+            letters = self._letters(folder, wanted) if wanted else {}
+            results: list[AppendResult] = []
+            for ref, data in items:
+                missing = [k for k in _keywords(ref.flags) if k not in letters]
+                if missing:
+                    results.append(
+                        AppendResult(
+                            error=f"the folder already uses the 26 keywords Maildir can store; "
+                            f"no letter left for {', '.join(missing)}"
+                        )
+                    )
+                    continue
+                results.append(AppendResult(target_id=self._deliver(folder, ref, data, letters)))
+            fsync_dir(folder / "cur")
+        except OSError as exc:
+            raise StoreError(f"{self.label}: cannot write to {folder}: {os_reason(exc)}") from None
+        return results
+
+    def _deliver(self, folder: Path, ref: MessageRef, data: bytes, letters: dict[str, str]) -> str:
+        """tmp/, fsync, mtime, rename into cur/: the file appears whole or not at all."""
+        content = to_lf(data)
+        base = unique_name(len(content), crlf_size(content))
+        tmp = folder / "tmp" / base
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+        try:
+            write_all(fd, content)
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        os.close(fd)
+        date = ref.date or date_from_headers(header_block(content)) or utc_now()
+        stamp = (date - EPOCH) // timedelta(microseconds=1) * 1000  # exact, unlike float seconds
+        os.utime(tmp, ns=(stamp, stamp))
+        flags = set(ref.flags) - UNCOPIED_FLAGS
+        info = "".join(sorted(FLAG_LETTERS[f] for f in flags if f in FLAG_LETTERS))
+        info += "".join(sorted(letters[k] for k in _keywords(flags)))
+        final = folder / "cur" / f"{base}:2,{info}"
+        if final.exists():
+            raise FileExistsError(f"{final} already exists")
+        os.rename(tmp, final)
+        return base
+
+    def _letters(self, folder: Path, wanted: Sequence[str]) -> dict[str, str]:
+        """keyword -> letter for ``wanted``, adding new ones to dovecot-keywords (under its
+        dotlock, written atomically) before any message uses them."""
+        file = folder / KEYWORDS_FILE
+        with dotlock(file, self.lock_timeout):
+            letters = read_keywords(folder)
+            by_keyword = {keyword: letter for letter, keyword in letters.items()}
+            free = [chr(c) for c in range(ord("a"), ord("z") + 1) if chr(c) not in letters]
+            added = False
+            for keyword in wanted:
+                if keyword not in by_keyword and free:
+                    letter = free.pop(0)
+                    by_keyword[keyword] = letter
+                    letters[letter] = keyword
+                    added = True
+            if added:
+                lines = "".join(
+                    f"{ord(letter) - ord('a')} {keyword}\n"
+                    for letter, keyword in sorted(letters.items())
+                )
+                write_private_file(file, lines.encode("utf-8"))
+        return by_keyword
+
+    def recover(self, path: FolderPath, point: str | None) -> None:
+        """Remove tmp/ files a killed run of ours left behind (never another program's)."""
+        tmp = self._dir(path) / "tmp"
+        host = hostname_for_filename()
+        try:
+            names = os.listdir(tmp)
+        except OSError:
+            return
+        for name in names:
+            match = _OUR_TMP.match(name)
+            if match and match[2] == host and not pid_alive(int(match[1])):
+                with contextlib.suppress(OSError):
+                    (tmp / name).unlink()
+
+
+def _keywords(flags: Iterable[str]) -> list[str]:
+    """Keywords that fit a dovecot-keywords line (no whitespace), in a stable order."""
+    return sorted(
+        f for f in flags if f and not f.startswith("\\") and not any(c.isspace() for c in f)
+    )
+
+
+def _read_header(handle: BinaryIO) -> bytes:
+    """The start of a message up to its empty line, read in small steps."""
+    data = b""
+    while True:
+        chunk = handle.read(16384)
+        if not chunk:
+            return data
+        data += chunk
+        if b"\n\n" in data or b"\r\n\r\n" in data:
+            return data
