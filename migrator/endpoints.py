@@ -225,7 +225,8 @@ def open_store(endpoint: Endpoint, access: AccessOptions | None, role: str) -> S
     if isinstance(endpoint, ProfileEndpoint):
         raise NotSupportedError(f"{endpoint}: provider profiles are not supported yet")
     if isinstance(endpoint, ArchiveEndpoint):
-        store = _store_class(endpoint.kind, endpoint)(endpoint.path)
+        # A source archive must exist (a typo must not "copy" an empty tree); a target is made.
+        store = _store_class(endpoint.kind, endpoint)(endpoint.path, create=role == "target")
     else:
         if access is None:
             raise ConfigError(f"{endpoint}: no credentials")
