@@ -114,6 +114,6 @@ def crlf_size(data: bytes) -> int:
 
 def to_crlf(data: bytes) -> bytes:
     """Line endings as the IMAP wire wants them; CRLF already there is kept."""
-    if b"\n" not in data:
-        return data
+    if data.count(b"\n") == data.count(b"\r\n"):
+        return data  # already CRLF throughout: no copy of a possibly large message
     return re.sub(rb"(?<!\r)\n", b"\r\n", data)
