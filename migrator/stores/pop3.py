@@ -438,7 +438,13 @@ class Pop3Store(Source):
             return poplib.POP3(a.host, a.port, timeout=a.timeout)
         except ssl.SSLCertVerificationError as exc:
             raise ConnectError(self._untrusted(exc)) from None
-        except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
+        except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionResetError):
+            # A server that hangs up during the handshake shows as EOF or as a reset, by timing.
+            if a.tls != "implicit":
+                raise _Dropped(
+                    f"{where} closed the connection without a POP3 greeting; check the port "
+                    "and that the server offers POP3"
+                ) from None
             raise _Dropped(
                 f"{where} closed the connection during the TLS handshake; check that the port "
                 "speaks POP3 over TLS (pop3s://, usually 995)"
