@@ -316,3 +316,34 @@ def test_state_file_is_private(seeded, tmp_path):
     assert job.run().returncode == 0
     assert oct(job.state.stat().st_mode & 0o777) == "0o600"
     assert oct(Path(job.state.parent).stat().st_mode & 0o777) == "0o700"
+
+
+BARE_CAPABILITIES = "imap_capability = IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE NAMESPACE\n"
+
+
+def test_server_without_literal_plus_multiappend_or_uidplus(
+    account, dovecot_source, dovecot_tmp, tls_files
+):
+    """A plain IMAP4rev1 target: one APPEND per message, waiting for each '+', no APPENDUID."""
+    from tests.dovecot import DovecotServer
+
+    bare = DovecotServer(
+        dovecot_tmp / "bare", separator=".", tls=tls_files, extra_conf=BARE_CAPABILITIES
+    )
+    bare.start()
+    try:
+        src, dst = account(dovecot_source), account(bare)
+        seed_imap(src.client(), make_corpus(31, 40), "/")
+        caps = {c.decode() for c in dst.client().capabilities()}
+        assert not {"LITERAL+", "MULTIAPPEND", "UIDPLUS"} & caps
+        job = Job.between(src, dst, dovecot_tmp / "j.sqlite")
+        assert job.run_json()["copied"] == 40
+        assert_same(src, dst)
+        assert job.run_json()["copied"] == 0
+        # without UIDPLUS an expunge could take other messages: deleting is refused
+        back = Job.between(dst, account(dovecot_source), dovecot_tmp / "k.sqlite")
+        result = back.run("--delete-source")
+        assert result.returncode == 1 and "UIDPLUS" in result.stdout + result.stderr
+        assert sum(len(v) for v in snapshot_imap(dst.client()).values()) == 40
+    finally:
+        bare.close()
