@@ -120,8 +120,9 @@ class Journal:
             os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
             lock_fd = os.open(f"{path}.lock", os.O_CREAT | os.O_RDWR, 0o600)
         except OSError as exc:
+            verb = "open" if path.exists() else "create"
             raise JournalError(
-                f"cannot create the journal {path}: {exc.strerror}; choose another with --state"
+                f"cannot {verb} the journal {path}: {exc.strerror}; choose another with --state"
             ) from None
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -274,6 +275,16 @@ class Journal:
         )
         return {r[0] for r in rows}
 
+    def failed_reasons(self, src: FolderPath, validity: str, dst: FolderPath) -> dict[str, str]:
+        """Source id -> recorded reason of the messages that failed (a size failure names the
+        limit, so that a rerun can leave them alone until it changes)."""
+        rows = self._query(
+            "SELECT src_id, error FROM messages WHERE src_folder=? AND validity=? AND dst_folder=? "
+            "AND state='failed'",
+            (folder_text(src), validity, folder_text(dst)),
+        )
+        return {r[0]: r[1] or "" for r in rows}
+
     def done_keys(self, dst: FolderPath) -> Counter[str]:
         """Identity keys of the messages this journal put (or found) in ``dst`` under the
         source folders' current validities: the target copies already accounted for."""
@@ -327,8 +338,10 @@ class Journal:
         done: Iterable[tuple[MessageRef, str | None]],
         failed: Iterable[tuple[MessageRef, str]],
         resume_point: str | None = None,
+        append_rate: float | None = None,
     ) -> None:
-        """Record the target's answers for one batch, in one transaction."""
+        """Record the target's answers for one batch, in one transaction (with the rate, bytes
+        a second, at which the target took it, when measured: see append_rate())."""
         s, d, now = folder_text(src), folder_text(dst), time.time()
         with self._tx() as db:
             db.executemany(
@@ -348,6 +361,30 @@ class Journal:
                     "INSERT OR REPLACE INTO targets(dst_folder, resume_point) VALUES (?, ?)",
                     (d, resume_point),
                 )
+            if append_rate is not None:
+                db.execute(
+                    "INSERT OR REPLACE INTO meta(key, value) VALUES ('append_rate', ?)",
+                    (f"{append_rate:.0f}",),
+                )
+
+    def append_rate(self) -> float | None:
+        """Bytes a second the target last took an append batch at (this run's or an earlier
+        one's): how fast bytes left in flight by a crash can still reach it."""
+        value = self.meta("append_rate")
+        try:
+            return float(value) if value else None
+        except ValueError:
+            return None
+
+    def pending(self, src: FolderPath, validity: str, dst: FolderPath) -> list[tuple[str, int]]:
+        """(key, size) of the appends begun but never confirmed: left in doubt by a crash or a
+        lost connection."""
+        rows = self._query(
+            "SELECT key, size FROM messages WHERE src_folder=? AND validity=? AND dst_folder=? "
+            "AND state='pending'",
+            (folder_text(src), validity, folder_text(dst)),
+        )
+        return [(key, int(size)) for key, size in rows]
 
     def resume_point(self, dst: FolderPath) -> str | None:
         rows = self._query(

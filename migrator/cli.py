@@ -253,6 +253,8 @@ class Side:
     endpoint: Endpoint
     access: AccessOptions | None
     role: str
+    #: The provider profile (PROFILE:USER, or --source-profile / --target-profile).
+    profile: Any = None
 
     def store(self) -> Any:
         from migrator.endpoints import open_store
@@ -273,31 +275,90 @@ def _side(
     ca_file: Path | None = None,
     insecure: bool = False,
     timeout: float = 60.0,
+    *,
+    oauth2_token_cmd: str | None = None,
+    profile_name: str | None = None,
+    auth: str | None = None,
 ) -> Side:
-    """Parse an endpoint and find its secret (before any connection, so a prompt comes first)."""
-    from migrator.credentials import SecretSources, secret_provider
-    from migrator.endpoints import AccessOptions, ServerEndpoint, open_store, parse_endpoint
+    """Parse an endpoint and find its secret (before any connection, so a prompt comes first).
+    A PROFILE:USER endpoint, or ``profile_name`` (--source-profile), brings a provider profile."""
+    from migrator.credentials import SecretSources, choose_login
+    from migrator.endpoints import (
+        AccessOptions,
+        ProfileEndpoint,
+        ServerEndpoint,
+        open_store,
+        parse_endpoint,
+        resolve_profile,
+    )
+    from migrator.oauth import KeyringStore, RefreshingToken, has_login, store_key
 
     endpoint = parse_endpoint(text)
+    profile = None
+    if isinstance(endpoint, ProfileEndpoint):
+        profile = profile_catalog().get(endpoint.profile)
+    elif profile_name:
+        if not isinstance(endpoint, ServerEndpoint):
+            raise ConfigError(f"--{side}-profile: {endpoint} is not a server")
+        profile = profile_catalog().get(profile_name)
+    server = (
+        resolve_profile(endpoint, profile, side)
+        if profile and isinstance(endpoint, ProfileEndpoint)
+        else endpoint
+    )
     access = None
-    if isinstance(endpoint, ServerEndpoint):
-        if endpoint.tls == "none":
+    if isinstance(server, ServerEndpoint):
+        if server.tls == "none":
             _err(
                 f"migrator: warning: {endpoint}: no TLS; the password and mail cross the "
                 "network in clear"
             )
         elif insecure:
             _err(f"migrator: warning: {endpoint}: certificate checks are off (--insecure)")
-        secret = secret_provider(
+        stored = None
+        sign_in = ""
+        if profile is not None and profile.oauth2_capable:
+            key = store_key(profile.name, server.user)
+            sign_in = f"migrator auth login {key} --client-id ID"
+            if has_login(KeyringStore(), key):
+                stored = RefreshingToken(KeyringStore(), key, str(endpoint))
+        login = choose_login(
             SecretSources(side, password_file, password_cmd),
             label=str(endpoint),
-            keyring_user=f"{endpoint.user}@{endpoint.host}",
+            keyring_user=f"{server.user}@{server.host}",
             env=os.environ,
             interactive=sys.stdin.isatty(),
+            token_cmd=oauth2_token_cmd,
+            auth=auth,
+            stored_token=stored,
+            oauth_mechanism=profile.oauth2_mechanism if profile else "xoauth2",
+            password_mechanism=(
+                profile.mechanism
+                if profile and profile.mechanism in ("plain", "login")
+                else "password"
+            ),
+            oauth_only=bool(profile and profile.auth_methods == ("oauth2",)),
+            sign_in=sign_in,
         )
-        access = AccessOptions(secret=secret, ca_file=ca_file, insecure=insecure, timeout=timeout)
+        access = AccessOptions(
+            secret=login.secret,
+            ca_file=ca_file,
+            insecure=insecure,
+            timeout=timeout,
+            auth=login.auth,
+            profile=profile,
+        )
     open_store(endpoint, access, role)  # an unsupported endpoint fails here, before anything
-    return Side(endpoint, access, role)
+    return Side(endpoint, access, role, profile)
+
+
+def profile_catalog() -> Any:
+    """The shipped provider profiles and the user's own (~/.config/migrator/profiles/)."""
+    from platformdirs import user_config_path
+
+    from migrator.profiles import load_catalog
+
+    return load_catalog(user_config_path("migrator") / "profiles")
 
 
 def _parse(kind: str, parser: Callable[[str], Any], value: str | None) -> Any:
@@ -397,6 +458,23 @@ DstCa = Annotated[Path | None, typer.Option(help="Trust this CA for the target."
 PwFile = Annotated[Path | None, typer.Option("--password-file", help="Read the password here.")]
 PwCmd = Annotated[str | None, typer.Option("--password-cmd", help="Its output is the password.")]
 CaOpt = Annotated[Path | None, typer.Option("--ca-file", help="Trust this CA.")]
+_AUTH_HELP = "How to log in: password, plain, login, oauth2, xoauth2 or oauthbearer."
+SrcTokCmd = Annotated[
+    str | None, typer.Option(help="Its output is the source's OAuth2 access token (every login).")
+]
+DstTokCmd = Annotated[
+    str | None, typer.Option(help="Its output is the target's OAuth2 access token (every login).")
+]
+SrcAuth = Annotated[str | None, typer.Option("--source-auth", help=_AUTH_HELP)]
+DstAuth = Annotated[str | None, typer.Option("--target-auth", help=_AUTH_HELP)]
+SrcProfile = Annotated[
+    str | None,
+    typer.Option("--source-profile", help="Apply this provider profile to an imaps:// source."),
+]
+DstProfile = Annotated[
+    str | None,
+    typer.Option("--target-profile", help="Apply this provider profile to an imaps:// target."),
+]
 
 
 def _folder_map(
@@ -518,6 +596,25 @@ def copy(
         int, typer.Option("--retries", min=0, help="Reconnects after a dropped connection.")
     ] = 5,
     timeout: TimeoutOpt = 60.0,
+    source_oauth2_token_cmd: SrcTokCmd = None,
+    target_oauth2_token_cmd: DstTokCmd = None,
+    source_auth: SrcAuth = None,
+    target_auth: DstAuth = None,
+    source_profile: SrcProfile = None,
+    target_profile: DstProfile = None,
+    max_bytes_per_second: Annotated[
+        str | None,
+        typer.Option(
+            "--max-bytes-per-second", help="Copy no faster than this (500K, 2M), all workers."
+        ),
+    ] = None,
+    all_mail: Annotated[
+        str | None,
+        typer.Option(
+            "--all-mail",
+            help="Gmail: copy All Mail alone, into this target folder, instead of the labels.",
+        ),
+    ] = None,
     debug: DebugOpt = False,
 ) -> None:
     """Copy every selected message from SOURCE to TARGET, resumably.
@@ -525,8 +622,8 @@ def copy(
     Example: migrator copy imaps://alice@old.example.org imaps://alice@new.example.org
     """
     with _errors(debug):
-        from migrator.checkpoint import Journal
-        from migrator.engine import CopyOptions, Engine
+        from migrator.account import run_copy
+        from migrator.engine import CopyOptions
         from migrator.report import copy_json, copy_table
 
         options = CopyOptions(
@@ -547,6 +644,9 @@ def copy(
             source_ca_file,
             insecure,
             timeout,
+            oauth2_token_cmd=source_oauth2_token_cmd,
+            profile_name=source_profile,
+            auth=source_auth,
         )
         dst = _side(
             target,
@@ -557,24 +657,31 @@ def copy(
             target_ca_file,
             insecure,
             timeout,
+            oauth2_token_cmd=target_oauth2_token_cmd,
+            profile_name=target_profile,
+            auth=target_auth,
         )
         src.check_secret()
         dst.check_secret()
         state_path = state or default_state_path(src.endpoint, dst.endpoint)
-        journal = Journal.in_memory(state_path) if dry_run else Journal.open(state_path)
+        notices = _apply_profiles(
+            options, src, dst, folder, all_mail, max_bytes_per_second, state_path
+        )
         reporter = _reporter(quiet, json_output, log_file)
-        engine = Engine(src.store, dst.store, journal, options, reporter)
-        run_id = journal.start_run(str(src.endpoint), str(dst.endpoint))
-        journal.bind(str(src.endpoint), str(dst.endpoint))
-        outcome = "failed"
+        for text in notices:
+            reporter.notice(text)
         try:
-            summary = engine.run()
-            outcome = "interrupted" if summary.interrupted else "done" if summary.ok else "partial"
-            totals = [summary.total(k) for k in ("copied", "skipped", "failed", "bytes")]
+            summary = run_copy(
+                src.store,
+                dst.store,
+                str(src.endpoint),
+                str(dst.endpoint),
+                state_path,
+                options,
+                reporter,
+            )
         finally:
             reporter.close()
-            journal.finish_run(run_id, outcome, *(totals if outcome != "failed" else [0] * 4))
-            journal.close()
         if json_output:
             typer.echo(json.dumps(copy_json(summary), ensure_ascii=False))
         elif not quiet:
@@ -584,7 +691,86 @@ def copy(
                 "migrator: interrupted; what was copied is recorded: run the same command to finish"
             )
             raise typer.Exit(int(ExitStatus.INTERRUPTED))
+        if summary.stopped:
+            _err(f"migrator: stopped: {summary.stopped}")
         raise typer.Exit(int(ExitStatus.OK if summary.ok else ExitStatus.PARTIAL))
+
+
+def _profile_folders(
+    fm: FolderMap, src: Side, dst: Side, folder: list[str] | None, all_mail: str | None
+) -> tuple[FolderMap, list[str]]:
+    """The folder map with the profiles' folders to skip (Gmail's All Mail, Important, Starred,
+    or All Mail alone with --all-mail) and the target's reserved names renamed."""
+    from migrator.folders import FolderMap
+    from migrator.profiles import folder_adjustments
+
+    adjust = folder_adjustments(src.profile, dst.profile, folder or [], dict(fm.renames), all_mail)
+    if adjust.include or adjust.exclude or adjust.renames:
+        fm = FolderMap(
+            include=(*fm.include, *adjust.include),
+            exclude=(*fm.exclude, *adjust.exclude),
+            renames={**adjust.renames, **fm.renames},
+            into=fm.into,
+            to_folder=fm.to_folder,
+        )
+    return fm, list(adjust.notices)
+
+
+def _apply_profiles(
+    options: Any,
+    src: Side,
+    dst: Side,
+    folder: list[str] | None,
+    all_mail: str | None,
+    max_bytes_per_second: str | None,
+    state_path: Path,
+) -> list[str]:
+    """What the two sides' provider profiles change in a copy: label folders skipped (or All Mail
+    alone), reserved names renamed, the target's size limit and message rules, rates, connections
+    and daily byte budgets. Returns the notices to show."""
+    import time as _time
+
+    from migrator.checkpoint import Journal
+    from migrator.filters import parse_size
+    from migrator.ratelimit import ByteBudgets, DailyBudget, TokenBucket
+    from migrator.rules import MessageRules
+
+    sp, tp = src.profile, dst.profile
+    options.folder_map, notices = _profile_folders(options.folder_map, src, dst, folder, all_mail)
+    profiles = [p for p in (sp, tp) if p is not None]
+    if tp is not None:
+        if tp.limits.max_message_size:
+            options.size_limit = tp.limits.max_message_size
+            options.size_limit_origin = f"profile {tp.name}"
+        fold = tp.limits.max_line_length if tp.rules.fold_long_lines else None
+        options.rules = MessageRules(tp.rules.bare_lf, tp.rules.final_crlf, fold, tp.rules.nul)
+    rates = [p.limits.bytes_per_second for p in profiles if p.limits.bytes_per_second]
+    if max_bytes_per_second:
+        rates.append(_parse("--max-bytes-per-second", parse_size, max_bytes_per_second))
+    if rates:
+        options.byte_rate = TokenBucket(min(rates))
+    per_second = [p.limits.messages_per_second for p in profiles if p.limits.messages_per_second]
+    if per_second:
+        options.message_rate = TokenBucket(min(per_second), burst=max(1.0, min(per_second)))
+    caps = [(p.limits.connections, p.name) for p in profiles if p.limits.connections]
+    if caps and options.workers > min(caps)[0]:
+        options.workers = min(caps)[0]
+        notices.append(f"--workers lowered to {options.workers}: profile {min(caps)[1]}'s limit")
+    wanted = [
+        (sp.limits.download_bytes_per_day if sp else None, f"download from {src.endpoint}"),
+        (tp.limits.upload_bytes_per_day if tp else None, f"upload to {dst.endpoint}"),
+    ]
+    if any(limit for limit, _ in wanted):
+        history: list[tuple[float, int]] = []
+        if state_path.exists():
+            earlier = Journal.in_memory(state_path)
+            history = [(row[1], row[7]) for row in earlier.runs()]
+            earlier.close()
+        now = _time.time()
+        options.budgets = ByteBudgets(
+            DailyBudget(limit, label, history, now) for limit, label in wanted if limit
+        )
+    return notices
 
 
 # -- verify ---------------------------------------------------------------------------------
@@ -659,6 +845,7 @@ def verify(
             insecure,
             timeout,
         )
+        folder_map = _profile_folders(folder_map, src, dst, folder, None)[0]
         src.check_secret()
         dst.check_secret()
         with _connected(src.store()) as a, _connected(dst.store()) as b:
@@ -831,16 +1018,34 @@ def check(
     insecure: InsecureOpt = False,
     timeout: TimeoutOpt = 30.0,
     json_output: JsonOpt = False,
+    oauth2_token_cmd: Annotated[
+        str | None, typer.Option("--oauth2-token-cmd", help="Its output is the access token.")
+    ] = None,
+    auth: Annotated[str | None, typer.Option("--auth", help=_AUTH_HELP)] = None,
+    profile: Annotated[
+        str | None, typer.Option("--profile", help="Apply this provider profile.")
+    ] = None,
     debug: DebugOpt = False,
 ) -> None:
     """Connect and log in; show the server greeting, the capabilities that matter, TLS version
-    and certificate. The password comes from MIGRATOR_SOURCE_PASSWORD or the options.
+    and certificate. The password comes from MIGRATOR_SOURCE_PASSWORD or the options (an OAuth2
+    token from MIGRATOR_SOURCE_OAUTH2_TOKEN or --oauth2-token-cmd).
 
     Example: migrator check imaps://alice@mail.example.org
     """
     with _errors(debug):
         side = _side(
-            endpoint, "source", "source", password_file, password_cmd, ca_file, insecure, timeout
+            endpoint,
+            "source",
+            "source",
+            password_file,
+            password_cmd,
+            ca_file,
+            insecure,
+            timeout,
+            oauth2_token_cmd=oauth2_token_cmd,
+            profile_name=profile,
+            auth=auth,
         )
         side.check_secret()
         with _connected(side.store()) as store:
@@ -851,6 +1056,461 @@ def check(
             width = max(len(k) for k, _ in facts)
             for key, value in facts:
                 typer.echo(f"{key.ljust(width)}  {value}")
+
+
+# -- profiles --------------------------------------------------------------------------------
+
+profiles_app = typer.Typer(
+    name="profiles",
+    help="Provider profiles (gmail, outlook, ...): the shipped ones and your own.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(profiles_app)
+
+
+@profiles_app.command("list")
+def profiles_list(json_output: JsonOpt = False, debug: DebugOpt = False) -> None:
+    """List the provider profiles, and whether each is shipped or your own. Yours go in the
+    directory shown at the end; one named like a shipped profile overrides its settings.
+
+    Example: migrator profiles list
+    """
+    with _errors(debug):
+        catalog = profile_catalog()
+        profiles = catalog.all()
+        user_dir = catalog.directories[-1]
+        if json_output:
+            data = {
+                "profiles": [
+                    {"name": p.name, "description": p.description, "from": catalog.origin(p.name)}
+                    for p in profiles
+                ],
+                "user_directory": str(user_dir),
+            }
+            typer.echo(json.dumps(data, ensure_ascii=False))
+            return
+        width = max(len(p.name) for p in profiles) if profiles else 7
+        for p in profiles:
+            origin = catalog.origin(p.name)
+            mark = "" if origin == "shipped" else f" [{origin}]"
+            typer.echo(f"{p.name.ljust(width)}  {p.description}{mark}")
+        typer.echo(f"your own profiles: {user_dir}")
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return json.dumps(value, ensure_ascii=False)
+
+
+@profiles_app.command("show")
+def profiles_show(
+    name: Annotated[str, typer.Argument(help="The profile: gmail, outlook, ...")],
+    json_output: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Show a profile's settings, each with the file it comes from and the note saying where its
+    figure comes from.
+
+    Example: migrator profiles show gmail
+    """
+    with _errors(debug):
+        catalog = profile_catalog()
+        profile = catalog.get(name)
+        shipped = catalog.directories[0]
+        if json_output:
+            settings = [
+                {"key": s.key, "value": s.value, "source": s.source, "note": s.note}
+                for s in profile.settings
+            ]
+            data = {"name": profile.name, "from": catalog.origin(profile.name)}
+            typer.echo(json.dumps({**data, "settings": settings}, ensure_ascii=False))
+            return
+        typer.echo(f"profile {profile.name}: {profile.description}")
+        for path in profile.files:
+            kind = "shipped" if path.parent == shipped else "yours"
+            typer.echo(f"  {kind}: {path}")
+        for setting in profile.settings:
+            kind = "shipped" if Path(setting.source).parent == shipped else "yours"
+            typer.echo(f"{setting.key} = {_toml_value(setting.value)}  [{kind}]")
+            if setting.note:
+                typer.echo(f"    # {setting.note}")
+
+
+# -- auth ------------------------------------------------------------------------------------
+
+auth_app = typer.Typer(
+    name="auth",
+    help="OAuth2 sign-in for providers that want it (Gmail, Microsoft 365).",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(auth_app)
+
+
+@auth_app.command("login")
+def auth_login(
+    endpoint: Annotated[str, typer.Argument(help="PROFILE:USER, e.g. gmail:alice@gmail.com")],
+    client_id: Annotated[
+        str | None,
+        typer.Option("--client-id", help="Your app's client id (see README: OAuth2)."),
+    ] = None,
+    client_secret_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--client-secret-file",
+            help="Your app's client secret, if it has one (Google desktop apps do); or "
+            "MIGRATOR_OAUTH2_CLIENT_SECRET.",
+        ),
+    ] = None,
+    device: Annotated[
+        bool, typer.Option("--device", help="Sign in with a code on another device.")
+    ] = False,
+    browser: Annotated[
+        bool, typer.Option("--browser", help="Sign in through a browser on this machine.")
+    ] = False,
+    no_open: Annotated[
+        bool, typer.Option("--no-open", help="Print the sign-in link; do not open a browser.")
+    ] = False,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=10, help="Seconds to wait for the sign-in.")
+    ] = 300.0,
+    debug: DebugOpt = False,
+) -> None:
+    """Sign in to a provider with OAuth2 and keep the refresh token in the system keyring;
+    `copy` then gets access tokens from it by itself. Microsoft uses a code typed on a web
+    page (device flow); Google a browser and a redirect to this machine (PKCE).
+
+    Example: migrator auth login gmail:alice@gmail.com --client-id 1234.apps.googleusercontent.com
+    """
+    with _errors(debug):
+        import webbrowser
+
+        from migrator.endpoints import ProfileEndpoint, parse_endpoint
+        from migrator.oauth import (
+            Client,
+            Endpoints,
+            KeyringStore,
+            authorization_code_flow,
+            device_code_flow,
+            save_login,
+            store_key,
+        )
+
+        target = parse_endpoint(endpoint)
+        if not isinstance(target, ProfileEndpoint):
+            raise ConfigError(f"{endpoint}: give PROFILE:USER, e.g. gmail:alice@gmail.com")
+        profile = profile_catalog().get(target.profile)
+        settings = profile.oauth2
+        if settings is None or not profile.oauth2_capable:
+            raise ConfigError(
+                f"profile {profile.name} does not use OAuth2; it takes: "
+                + ", ".join(profile.auth_methods)
+            )
+        cid = client_id or settings.client_id
+        if not cid:
+            raise ConfigError(
+                "--client-id: register an app with the provider and give its client id "
+                "(README, 'OAuth2' explains how), or put client_id in your own profile"
+            )
+        secret = None
+        if client_secret_file is not None:
+            try:
+                secret = client_secret_file.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(f"--client-secret-file {client_secret_file}: {exc}") from None
+        secret = secret or os.environ.get("MIGRATOR_OAUTH2_CLIENT_SECRET") or None
+        client = Client(cid, secret)
+        urls = Endpoints(
+            settings.token_url, settings.scopes, settings.authorize_url, settings.device_url
+        )
+        flow = "device" if device else "code" if browser else settings.flow
+        if flow == "device":
+            tokens = device_code_flow(urls, client, show=lambda text: _err(f"migrator: {text}"))
+        else:
+
+            def open_url(url: str) -> None:
+                _err(f"migrator: sign in on this page (waiting for it to come back):\n{url}")
+                if not no_open:
+                    webbrowser.open(url)
+
+            tokens = authorization_code_flow(urls, client, target.user, open_url, timeout)
+        key = store_key(profile.name, target.user)
+        save_login(KeyringStore(), key, urls, client, tokens)
+        typer.echo(
+            f"signed in as {target.user}; the refresh token is in the system keyring "
+            f"(service migrator-oauth2, user {key})"
+        )
+
+
+# -- batch -----------------------------------------------------------------------------------
+
+
+class BatchLines:
+    """For logs and cron: a line per finished account on stderr."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self.total = self.finished = 0
+
+    def _say(self, text: str) -> None:
+        if not self.quiet:
+            _err(text)
+
+    def planned(self, plan: Any, total: int) -> None:
+        self.total = total
+        if plan.kept:
+            self._say(
+                f"migrator: {total} accounts to run; {len(plan.kept)} left as they were "
+                "(finished or failed before: --refresh, --retry-failed)"
+            )
+
+    def account_started(self, name: str, worker: str | None) -> None:
+        pass
+
+    def account_progress(
+        self, name: str, messages: int, messages_total: int, nbytes: int, bytes_total: int
+    ) -> None:
+        pass
+
+    def account_finished(self, result: Any) -> None:
+        from migrator.report import human_bytes
+
+        self.finished += 1
+        line = (
+            f"[{self.finished}/{self.total}] {result.name}: {result.status}, "
+            f"{result.copied} copied, {result.skipped} skipped, {result.failed} failed, "
+            f"{human_bytes(result.bytes)}, {result.seconds:.1f}s"
+        )
+        if result.error:
+            line += f" ({result.error})"
+        self._say(line)
+
+    def notice(self, text: str) -> None:
+        self._say(f"migrator: {text}")
+
+    def close(self) -> None:
+        pass
+
+
+class BatchBars(BatchLines):
+    """On a terminal: one overall bar (accounts done of total, bytes, ETA) and a bar per
+    running account."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from tqdm import tqdm
+
+        self._tqdm = tqdm
+        self._overall: Any = None
+        self._bars: dict[str, Any] = {}
+        self._positions: dict[str, int] = {}
+        self._free: list[int] = []
+        self._bytes: dict[str, int] = {}
+        self._done_bytes = 0
+        self._started = time.monotonic()
+
+    def _show(self, text: str) -> None:
+        self._tqdm.write(text, file=sys.stderr)
+
+    def _say(self, text: str) -> None:
+        self._show(text)
+
+    def planned(self, plan: Any, total: int) -> None:
+        super().planned(plan, total)
+        self._overall = self._tqdm(
+            total=total,
+            unit="acct",
+            desc="accounts",
+            position=0,
+            file=sys.stderr,
+            **BarReporter._size(),
+        )
+
+    def _postfix(self) -> None:
+        from migrator.report import human_bytes
+
+        nbytes = self._done_bytes + sum(self._bytes.values())
+        rate = nbytes / max(time.monotonic() - self._started, 1e-6)
+        self._overall.set_postfix_str(f"{human_bytes(nbytes)}, {human_bytes(rate)}/s")
+
+    def account_started(self, name: str, worker: str | None) -> None:
+        if name in self._bars:
+            return
+        position = self._free.pop(0) if self._free else 1 + len(self._bars)
+        self._positions[name] = position
+        self._bars[name] = self._tqdm(
+            total=0,
+            unit="msg",
+            desc=_shorten(name, 24),
+            position=position,
+            leave=False,
+            file=sys.stderr,
+            **BarReporter._size(),
+        )
+
+    def account_progress(
+        self, name: str, messages: int, messages_total: int, nbytes: int, bytes_total: int
+    ) -> None:
+        if name not in self._bars:
+            self.account_started(name, None)
+        bar = self._bars[name]
+        bar.total = messages_total
+        bar.n = messages
+        bar.refresh()
+        self._bytes[name] = nbytes
+        self._postfix()
+
+    def account_finished(self, result: Any) -> None:
+        bar = self._bars.pop(result.name, None)
+        if bar is not None:
+            self._free.append(self._positions.pop(result.name))
+            self._free.sort()
+            bar.close()
+        self._bytes.pop(result.name, None)
+        self._done_bytes += result.bytes
+        self._overall.update(1)
+        self._postfix()
+        if result.error:
+            self._show(f"{result.name}: {result.status}: {result.error}")
+
+    def close(self) -> None:
+        for bar in self._bars.values():
+            bar.close()
+        if self._overall is not None:
+            self._overall.close()
+
+
+@app.command()
+def batch(
+    manifest: Annotated[
+        Path, typer.Argument(help="CSV with a header, or TOML: one account per row.")
+    ],
+    jobs: Annotated[
+        int, typer.Option("--jobs", "-j", min=1, max=4096, help="Accounts copied at once.")
+    ] = 4,
+    max_per_host: Annotated[
+        int | None,
+        typer.Option(
+            "--max-per-host",
+            min=1,
+            help="Accounts at once on one server host (default: the connection limit of "
+            "the provider profile serving that host, else 4).",
+            show_default=False,
+        ),
+    ] = None,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--state-dir",
+            help="Where the batch ledger and every account's journal live (shared by all "
+            "workers of a cluster). Default: the user's state directory, batch/MANIFEST-NAME.",
+            show_default=False,
+        ),
+    ] = None,
+    cluster: Annotated[
+        str | None,
+        typer.Option(
+            "--cluster",
+            help="A Dask scheduler to run the accounts on: tcp://HOST:8786 or tls://HOST:8786 "
+            "(default: in this process).",
+            show_default=False,
+        ),
+    ] = None,
+    retry_failed: Annotated[
+        bool, typer.Option("--retry-failed", help="Also run the accounts that failed before.")
+    ] = False,
+    only_failed: Annotated[
+        bool, typer.Option("--only-failed", help="Run only the accounts that failed before.")
+    ] = False,
+    refresh: Annotated[
+        bool,
+        typer.Option(
+            "--refresh",
+            help="Also run the accounts that finished before (copies only what is new).",
+        ),
+    ] = False,
+    workers: Annotated[
+        int, typer.Option("--workers", min=1, max=32, help="Folders copied at once per account.")
+    ] = 2,
+    retries: Annotated[
+        int, typer.Option("--retries", min=0, help="Reconnects after a dropped connection.")
+    ] = 5,
+    timeout: TimeoutOpt = 60.0,
+    json_output: JsonOpt = False,
+    report: Annotated[
+        Path | None,
+        typer.Option("--report", help="Also write the per-account table to this CSV file."),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors.")] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Copy many accounts listed in a manifest, concurrently, here or on a Dask cluster.
+
+    Each row: source and target endpoints; where each side's password is found
+    (source_password_env / _file / _cmd, target_...; never the password); the options of `copy`
+    (folder, exclude, map, into, to_folder, since, before, older_than, max_size, ...). Rerun the
+    same command after an interruption: finished accounts are skipped, the others resume.
+
+    Example: migrator batch accounts.csv --jobs 8 --cluster tcp://10.0.0.5:8786
+    """
+    with _errors(debug):
+        import logging
+
+        from migrator.account import RunSettings
+        from migrator.batch import (
+            BatchSettings,
+            ManifestError,
+            Selection,
+            default_state_dir,
+            load_manifest,
+            results_json,
+            results_table,
+            run_batch,
+            write_report,
+        )
+
+        if not debug:
+            for name in ("distributed", "tornado", "asyncio"):
+                logging.getLogger(name).setLevel(logging.CRITICAL)
+        try:
+            loaded = load_manifest(manifest, env=None if cluster else os.environ)
+        except ManifestError as exc:
+            for problem in exc.problems:
+                _err(f"migrator: error: {problem}")
+            raise typer.Exit(int(ExitStatus.USAGE)) from None
+        for warning in loaded.warnings:
+            _err(f"migrator: warning: {warning}")
+        settings = BatchSettings(
+            state_dir=state_dir or default_state_dir(manifest),
+            jobs=jobs,
+            max_per_host=max_per_host,
+            cluster=cluster,
+            run=RunSettings(workers=workers, retries=retries, timeout=timeout),
+            selection=Selection(retry_failed, only_failed, refresh),
+        )
+        observer: BatchLines
+        if not quiet and sys.stderr.isatty():
+            observer = BatchBars()
+        else:
+            observer = BatchLines(quiet=quiet or json_output)
+        try:
+            result = run_batch(loaded, settings, observer)
+        finally:
+            observer.close()
+        if report is not None:
+            write_report(report, result)
+        if json_output:
+            typer.echo(json.dumps(results_json(result), ensure_ascii=False))
+        elif not quiet:
+            typer.echo(results_table(result))
+        if result.interrupted:
+            _err("migrator: interrupted; run the same command again to finish")
+            raise typer.Exit(int(ExitStatus.INTERRUPTED))
+        raise typer.Exit(int(ExitStatus.OK if result.ok else ExitStatus.PARTIAL))
 
 
 def main() -> None:

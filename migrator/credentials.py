@@ -89,20 +89,42 @@ def _read_file(path: Path, side: str) -> str:
     return value
 
 
-def _run_command(command: str, side: str) -> str:
+def _run_command(command: str, side: str, what: str = "password-cmd") -> str:
     try:
         done = subprocess.run(
             shlex.split(command), capture_output=True, text=True, timeout=120, check=False
         )
     except (OSError, ValueError, subprocess.TimeoutExpired) as exc:
-        raise ConfigError(f"--{side}-password-cmd could not run: {type(exc).__name__}") from None
+        raise ConfigError(f"--{side}-{what} could not run: {type(exc).__name__}") from None
     if done.returncode != 0:
         # Its output is not shown: it may hold half a secret.
-        raise ConfigError(f"--{side}-password-cmd failed with exit code {done.returncode}")
+        raise ConfigError(f"--{side}-{what} failed with exit code {done.returncode}")
     value = done.stdout.rstrip("\r\n")
     if not value:
-        raise ConfigError(f"--{side}-password-cmd printed nothing")
+        raise ConfigError(f"--{side}-{what} printed nothing")
     return value
+
+
+def oauth2_env_name(side: str) -> str:
+    return f"MIGRATOR_{side.upper()}_OAUTH2_TOKEN"
+
+
+def token_provider(
+    side: str,
+    token_cmd: str | None,
+    env: Mapping[str, str],
+    stored: Callable[[], str] | None = None,
+) -> Callable[[], str] | None:
+    """Where a side's OAuth2 access token comes from, first found wins: the environment
+    (MIGRATOR_SOURCE_OAUTH2_TOKEN), a token command (run again at every login, so that a run
+    outlives a token), the sign-in ``migrator auth login`` stored (refreshed as needed). None
+    when there is none of these."""
+    if value := env.get(oauth2_env_name(side)):
+        token = value.strip()
+        return lambda: token
+    if token_cmd:
+        return lambda: _run_command(token_cmd, side, "oauth2-token-cmd")
+    return stored
 
 
 def _from_keyring(user: str) -> str | None:
@@ -114,3 +136,59 @@ def _from_keyring(user: str) -> str | None:
         return keyring.get_password(KEYRING_SERVICE, user)
     except Exception:  # no usable backend: the keyring is simply not a source here
         return None
+
+
+OAUTH2_MECHANISMS = ("xoauth2", "oauthbearer")
+AUTH_CHOICES = ("password", "plain", "login", "oauth2", *OAUTH2_MECHANISMS)
+
+
+@dataclass(frozen=True)
+class Login:
+    """How a side logs in: the callable giving its password or access token at each login, and
+    the mechanism (ServerAccess.auth)."""
+
+    secret: Callable[[], str]
+    auth: str
+
+
+def choose_login(
+    sources: SecretSources,
+    label: str,
+    keyring_user: str,
+    env: Mapping[str, str],
+    interactive: bool,
+    *,
+    token_cmd: str | None = None,
+    auth: str | None = None,
+    stored_token: Callable[[], str] | None = None,
+    oauth_mechanism: str = "xoauth2",
+    password_mechanism: str = "password",
+    oauth_only: bool = False,
+    sign_in: str = "",
+) -> Login:
+    """OAuth2 or a password, first found wins: a token given for this run (environment or token
+    command); a password given for this run (environment, file, command); the sign-in `migrator
+    auth login` stored (``stored_token``); then the password's keyring and prompt. ``auth``
+    (--source-auth) forces one kind, and names the mechanism; ``oauth_only`` says the provider
+    takes nothing but OAuth2, so that a missing token is reported as such."""
+    if auth is not None and auth not in AUTH_CHOICES:
+        raise ConfigError(f"--{sources.side}-auth {auth!r}: use one of {', '.join(AUTH_CHOICES)}")
+    side = sources.side
+    given_token = token_provider(side, token_cmd, env)
+    given_password = bool(env.get(env_name(side)) or sources.password_file or sources.password_cmd)
+    wants_oauth = auth in ("oauth2", *OAUTH2_MECHANISMS)
+    mechanism = auth if auth in OAUTH2_MECHANISMS else oauth_mechanism
+    if auth not in ("password", "plain", "login"):
+        token = given_token
+        if token is None and (wants_oauth or not given_password):
+            token = stored_token
+        if token is not None:
+            return Login(token, mechanism)
+        if wants_oauth or (oauth_only and not given_password):
+            raise ConfigError(
+                f"{label}: no OAuth2 access token; set {oauth2_env_name(side)}, use "
+                f"--{side}-oauth2-token-cmd"
+                + (f", or sign in once with `{sign_in}`" if sign_in else "")
+            )
+    secret = secret_provider(sources, label, keyring_user, env, interactive)
+    return Login(secret, auth if auth in ("plain", "login") else password_mechanism)

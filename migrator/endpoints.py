@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, unquote
 
 from migrator.errors import ConfigError, NotSupportedError
+from migrator.profiles import Profile
 from migrator.stores.base import ServerAccess, Source, Target
 
 DEFAULT_PORTS = {"imaps": 993, "imap": 143, "pop3s": 995, "pop3": 110}
@@ -167,6 +168,10 @@ class AccessOptions:
     ca_file: Path | None = None
     insecure: bool = False
     timeout: float = 60.0
+    #: How to log in (ServerAccess.auth): "password", "plain", "login", "xoauth2", "oauthbearer".
+    auth: str = "password"
+    #: The provider profile of this side (PROFILE:USER, or --source-profile/--target-profile).
+    profile: Profile | None = None
 
 
 def make_ssl_context(ca_file: Path | None, insecure: bool) -> ssl.SSLContext:
@@ -206,7 +211,20 @@ def _store_class(kind: str, endpoint: Endpoint) -> type:
     return getattr(module, class_name)  # type: ignore[no-any-return]
 
 
-def server_access(endpoint: ServerEndpoint, access: AccessOptions) -> ServerAccess:
+def resolve_profile(endpoint: ProfileEndpoint, profile: Profile, role: str) -> ServerEndpoint:
+    """The IMAP server a PROFILE:USER endpoint names: the profile's host, port and TLS."""
+    server = profile.imap
+    if not server.host:
+        raise ConfigError(
+            f"{endpoint}: the profile {profile.name} has no fixed host (each of its servers has "
+            f"its own); write imaps://{endpoint.user}@HOST --{role}-profile {profile.name}"
+        )
+    return ServerEndpoint("imap", server.tls, endpoint.user, server.host.lower(), server.port)
+
+
+def server_access(
+    endpoint: ServerEndpoint, access: AccessOptions, label: str | None = None
+) -> ServerAccess:
     context = None if endpoint.tls == "none" else make_ssl_context(access.ca_file, access.insecure)
     return ServerAccess(
         host=endpoint.host,
@@ -216,21 +234,32 @@ def server_access(endpoint: ServerEndpoint, access: AccessOptions) -> ServerAcce
         ssl_context=context,
         secret=access.secret,
         timeout=access.timeout,
-        label=str(endpoint),
+        label=label or str(endpoint),
+        auth=getattr(access, "auth", "password"),
     )
 
 
 def open_store(endpoint: Endpoint, access: AccessOptions | None, role: str) -> Source | Target:
     """A store for ``endpoint``, not yet connected. ``role`` is "source" or "target"."""
+    label = None
+    profile: Profile | None = getattr(access, "profile", None)
     if isinstance(endpoint, ProfileEndpoint):
-        raise NotSupportedError(f"{endpoint}: provider profiles are not supported yet")
+        if profile is None or profile.name != endpoint.profile:
+            raise ConfigError(f"{endpoint}: the profile {endpoint.profile!r} is not loaded")
+        label = str(endpoint)
+        endpoint = resolve_profile(endpoint, profile, role)
     if isinstance(endpoint, ArchiveEndpoint):
         # A source archive must exist (a typo must not "copy" an empty tree); a target is made.
         store = _store_class(endpoint.kind, endpoint)(endpoint.path, create=role == "target")
     else:
         if access is None:
             raise ConfigError(f"{endpoint}: no credentials")
-        store = _store_class(endpoint.protocol, endpoint)(server_access(endpoint, access))
+        quirks: dict[str, bool] = {}
+        if profile is not None and endpoint.protocol == "imap":
+            quirks = {"restore_seen": profile.seen_on_fetch, "gmail_ids": profile.gmail_ids}
+        store = _store_class(endpoint.protocol, endpoint)(
+            server_access(endpoint, access, label), **quirks
+        )
     wanted = Source if role == "source" else Target
     if not isinstance(store, wanted):
         raise ConfigError(f"{endpoint}: cannot be used as a {role}")

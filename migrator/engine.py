@@ -22,7 +22,15 @@ from migrator.checkpoint import Journal
 from migrator.errors import ConnectError, FolderError, MessageError, StoreError
 from migrator.filters import MessageFilter
 from migrator.folders import FolderMap, FolderPlan
-from migrator.model import FolderPath, MessageRef
+from migrator.model import FolderPath, MessageRef, crlf_size, message_key
+from migrator.ratelimit import (
+    ByteBudgets,
+    TokenBucket,
+    is_size_refusal,
+    recorded_limit,
+    size_reason,
+)
+from migrator.rules import MessageRules, loose_key
 from migrator.stores.base import AppendResult, Source, Target
 
 
@@ -42,6 +50,20 @@ class CopyOptions:
     #: Bytes and messages per append batch (and per journal transaction).
     batch_bytes: int = 8 * 1024 * 1024
     batch_count: int = 400
+    #: Smallest fetch or append chunk after connections kept dropping mid-batch (see _Pace).
+    min_batch_bytes: int = 64 * 1024
+    #: --max-bytes-per-second and the profiles' rates, shared by every worker.
+    byte_rate: TokenBucket | None = None
+    message_rate: TokenBucket | None = None
+    #: Daily byte budgets (source download, target upload): when spent, the run stops cleanly.
+    budgets: ByteBudgets | None = None
+    #: Message rules the target's profile switches on; every change is counted.
+    rules: MessageRules = field(default_factory=MessageRules)
+    #: The largest message the target takes according to its profile, and where that is from.
+    size_limit: int | None = None
+    size_limit_origin: str = "the target's profile"
+    #: Waits a server may ask for ("Suggested Backoff Time") per folder before the run gives up.
+    max_throttles: int = 50
 
 
 @dataclass
@@ -55,6 +77,9 @@ class FolderStats:
     failures: list[tuple[str, str]] = field(default_factory=list)
     #: Set when the folder could not be processed at all.
     error: str | None = None
+    #: Messages a rule changed (see migrator.rules), and how many times each rule did.
+    changed: int = 0
+    changes: Counter[str] = field(default_factory=Counter)
 
 
 @dataclass
@@ -64,13 +89,25 @@ class RunSummary:
     interrupted: bool = False
     dry_run: bool = False
     notices: list[str] = field(default_factory=list)
+    #: Why the run stopped before the end on its own (a daily budget spent), with when to rerun.
+    stopped: str | None = None
 
     def total(self, attribute: str) -> int:
         return sum(getattr(f, attribute) for f in self.folders)
 
+    def changes(self) -> Counter[str]:
+        total: Counter[str] = Counter()
+        for folder in self.folders:
+            total.update(folder.changes)
+        return total
+
     @property
     def ok(self) -> bool:
-        return not self.interrupted and all(f.failed == 0 and f.error is None for f in self.folders)
+        return (
+            not self.interrupted
+            and self.stopped is None
+            and all(f.failed == 0 and f.error is None for f in self.folders)
+        )
 
 
 class Reporter(Protocol):
@@ -140,7 +177,59 @@ class _Stop(Exception):
     """Raised inside a worker when the run is being stopped."""
 
 
+class _Pace:
+    """How much one worker fetches or appends per round trip. A connection that drops in the
+    middle of a chunk makes the next chunks an eighth of the size, each success lets them grow back
+    (double): a link that breaks every few hundred kB still moves mail, where a fixed 8 MB batch
+    would fail the same way at every reconnect."""
+
+    def __init__(self, ceiling: int, floor: int) -> None:
+        self.ceiling = ceiling
+        self.floor = min(floor, ceiling)
+        self.fetch = ceiling
+        # Appends start small and double: the first batch measures the target's rate (see
+        # Engine._reconcile) and leaves little in doubt should the run die in it.
+        self.append = min(ceiling, max(self.floor, FIRST_APPEND_BYTES))
+        #: When a connection was last lost (or the worker started): an append cut off then may
+        #: still land on the server for a moment, see Engine._reconcile.
+        self.dropped = time.monotonic()
+
+    def shrink(self, which: str, tried: int) -> None:
+        current = min(getattr(self, which), max(tried, 1))
+        setattr(self, which, max(self.floor, current // 8))
+
+    def grow(self, which: str) -> None:
+        setattr(self, which, min(self.ceiling, getattr(self, which) * 2))
+
+
+def _chunk(refs: Sequence[MessageRef], start: int, limit: int) -> list[MessageRef]:
+    """refs[start:] up to ``limit`` bytes (at least one message)."""
+    end, total = start, 0
+    while end < len(refs) and (end == start or total + refs[end].size <= limit):
+        total += refs[end].size
+        end += 1
+    return list(refs[start:end])
+
+
+@dataclass
+class _Listing:
+    """What a folder's listing returned so far, kept across reconnects (same validity), so that
+    a connection that drops during a long listing does not start it again from the top."""
+
+    validity: str | None = None
+    refs: dict[str, MessageRef] = field(default_factory=dict)
+
+
 _END = object()
+
+#: The first append of a worker (it grows from there, see _Pace).
+FIRST_APPEND_BYTES = 256 * 1024
+#: Bytes a second assumed for a target whose rate was never measured (Engine._reconcile).
+SLOW_APPEND_RATE = 64 * 1024
+#: Appends of at least this many bytes measure the target's rate.
+RATE_SAMPLE_BYTES = 32 * 1024
+#: The longest wait for appends left in doubt to land.
+MAX_SETTLE = 120.0
 
 
 class Engine:
@@ -161,6 +250,9 @@ class Engine:
         self.stop = stop or threading.Event()
         self._fatal: BaseException | None = None
         self._notices: list[str] = []
+        #: Set when a daily budget is spent: the message saying when to rerun.
+        self._stopped: str | None = None
+        self._budgeted: set[tuple[FolderPath, str]] = set()
 
     def _notice(self, text: str) -> None:
         self._notices.append(text)
@@ -189,6 +281,11 @@ class Engine:
         for plan in plans:
             if plan.note and plan.note.startswith("renamed"):
                 self._notice(f"{plan.source_name} -> {plan.target_name}: {plan.note}")
+        if self.options.rules.active:
+            self._notice(
+                f"{target.label}: message rules on ({self.options.rules.describe()}); each "
+                "change is counted in the summary"
+            )
         self.reporter.planned(plans)
         units: dict[FolderPath, list[FolderPlan]] = defaultdict(list)
         for plan in plans:
@@ -222,9 +319,10 @@ class Engine:
         return RunSummary(
             folders=[stats[id(p)] for p in plans],
             seconds=time.monotonic() - started,
-            interrupted=self.stop.is_set(),
+            interrupted=self.stop.is_set() and self._stopped is None,
             dry_run=self.options.dry_run,
             notices=self._notices,
+            stopped=self._stopped,
         )
 
     def _worker(
@@ -234,6 +332,7 @@ class Engine:
         stores: tuple[Source, Target] | None,
     ) -> None:
         source, target = stores or (self.open_source(), self.open_target())
+        pace = _Pace(self.options.batch_bytes, self.options.min_batch_bytes)
         try:
             while not self.stop.is_set():
                 try:
@@ -243,7 +342,7 @@ class Engine:
                 for plan in unit:
                     if self.stop.is_set():
                         return
-                    self._folder_with_retries(source, target, plan, stats[id(plan)])
+                    self._folder_with_retries(source, target, plan, stats[id(plan)], pace)
         except _Stop:
             return
         except BaseException as exc:  # one worker's fatal error stops them all
@@ -255,15 +354,22 @@ class Engine:
             target.close()
 
     def _folder_with_retries(
-        self, source: Source, target: Target, plan: FolderPlan, stats: FolderStats
+        self, source: Source, target: Target, plan: FolderPlan, stats: FolderStats, pace: _Pace
     ) -> None:
+        """Copy one folder, reconnecting after a lost connection. ``--retries`` counts the
+        reconnects in a row that moved nothing: an attempt that copied or listed something
+        starts the count (and the backoff) afresh, so a link that drops often but works in
+        between finishes the job, and one that is down gives up after that many tries."""
         delay = self.options.retry_delay
-        for attempt in range(self.options.retries + 1):
+        failures = throttled = 0
+        listing = _Listing()
+        while True:
+            before = (stats.copied, stats.failed, len(listing.refs))
             try:
                 source.connect()
                 target.connect()
                 target.ensure_folder(plan.target)
-                self._copy_folder(source, target, plan, stats)
+                self._copy_folder(source, target, plan, stats, pace, listing)
                 self.reporter.folder_finished(stats)
                 return
             except FolderError as exc:
@@ -274,25 +380,61 @@ class Engine:
             except (StoreError, ConnectError) as exc:
                 if isinstance(exc, StoreError) and not exc.transient:
                     raise
-                if attempt == self.options.retries:
-                    raise StoreError(
-                        f"{exc} (gave up after {self.options.retries} reconnects; "
-                        "rerun the same command to resume)"
+                pace.dropped = time.monotonic()
+                if isinstance(exc, StoreError) and exc.retry_after is not None:
+                    # The server asked us to wait: do so, reconnect and go on. Not a failure
+                    # of the link, so it does not count against --retries.
+                    throttled += 1
+                    if throttled > self.options.max_throttles:
+                        raise StoreError(
+                            f"{exc} (still asked to wait after {throttled - 1} waits; rerun "
+                            "the same command later to resume)"
+                        ) from None
+                    self._notice(
+                        f"{plan.source_name}: {exc}; waiting {exc.retry_after:g}s as asked, "
+                        "then reconnecting"
+                    )
+                    source.close()
+                    target.close()
+                    if self.stop.wait(exc.retry_after):
+                        raise _Stop() from None
+                    continue
+                progressed = (stats.copied, stats.failed, len(listing.refs)) != before
+                if progressed:
+                    failures, delay = 0, self.options.retry_delay
+                failures += 1
+                if failures > self.options.retries:
+                    # Still a ConnectError (exit 3) when the server could not be reached at all.
+                    give_up = ConnectError if isinstance(exc, ConnectError) else StoreError
+                    raise give_up(
+                        f"{exc} (gave up after {self.options.retries} reconnects in a row "
+                        "without progress; rerun the same command to resume)"
                     ) from None
+                # After an attempt that moved mail the link works: reconnect at once. Only
+                # attempts in a row that moved nothing back off (retry_delay, doubling).
+                pause = 0.0 if progressed else delay
                 self._notice(
-                    f"{plan.source_name}: {exc}; reconnecting in {delay:g}s "
-                    f"({attempt + 1} of {self.options.retries})"
+                    f"{plan.source_name}: {exc}; reconnecting "
+                    + (f"in {pause:g}s " if pause else "")
+                    + f"({failures} of {self.options.retries})"
                 )
-                source.close()
-                target.close()
-                if self.stop.wait(delay):
+                # The store that lost its connection has closed it (see StoreError); the other
+                # side keeps its own, so a drop on one side does not cost the other a new login.
+                if self.stop.wait(pause):
                     raise _Stop() from None
-                delay = min(delay * 2, 60.0)
+                if not progressed:
+                    delay = min(delay * 2, 60.0)
 
     # -- one folder ------------------------------------------------------------------------
 
     def _copy_folder(
-        self, source: Source, target: Target, plan: FolderPlan, stats: FolderStats
+        self,
+        source: Source,
+        target: Target,
+        plan: FolderPlan,
+        stats: FolderStats,
+        pace: _Pace,
+        listing: _Listing,
     ) -> None:
         journal, options = self.journal, self.options
         src, dst = plan.source.path, plan.target
@@ -302,38 +444,108 @@ class Engine:
         done = journal.done_ids(src, validity, dst)
         wanted = options.message_filter.include
         selected_ids: set[str] | None = None
+        if listing.validity != validity:
+            listing.validity, listing.refs = validity, {}
+        # Deleting needs the selection among copied messages too, so it lists everything.
+        known = set(listing.refs) if options.delete_source else set(listing.refs) | done
+        for ref in source.list_messages(src, skip=known):
+            listing.refs[ref.id] = ref
         if options.delete_source:
-            # Deleting needs the selection among copied messages too, so list everything.
-            listed = list(source.list_messages(src))
+            listed = list(listing.refs.values())
             selected_ids = {r.id for r in listed if wanted(r)}
             refs = [r for r in listed if r.id in selected_ids and r.id not in done]
             already = len(selected_ids) - len(refs)
         else:
-            listed = list(source.list_messages(src, skip=done))
+            listed = [r for r in listing.refs.values() if r.id not in done]
             refs = [r for r in listed if wanted(r)]
-            already = state.count - len(listed)
+            already = max(0, state.count - len(listed))
         # Messages this run copied before a reconnect are in `done` now: not "already there".
         stats.skipped = max(0, already - stats.copied)
         journal.set_selected(src, dst, already + len(refs))
         if refs and not reconciled:
-            refs = self._reconcile(target, plan, validity, refs, stats)
+            refs = self._reconcile(target, plan, validity, refs, stats, pace)
         elif not reconciled:
             journal.reconcile(src, validity, dst, [])
-        limit = target.max_message_size
-        if limit is not None:
-            too_big = [r for r in refs if r.size > limit]
-            if too_big:
-                reason = f"larger than the target accepts ({limit} bytes)"
-                journal.commit(src, validity, dst, [], [(r, reason) for r in too_big])
-                stats.failed += len(too_big)
-                stats.failures.extend((r.id, reason) for r in too_big)
-                refs = [r for r in refs if r.size <= limit]
+        limit, origin = self._size_limit(target)
+        if limit is not None and refs:
+            refs = self._leave_out_too_big(plan, validity, refs, limit, origin, stats)
+        budget_cut = False
+        if options.budgets and refs:
+            within = self._within_budget(src, refs)
+            budget_cut, refs = len(within) < len(refs), within
         self.reporter.folder_started(plan, len(refs), sum(r.size for r in refs))
         if refs:
             target.recover(dst, journal.resume_point(dst))
-            self._stream(source, target, plan, validity, refs, stats)
+            self._stream(source, target, plan, validity, refs, stats, pace)
+        if budget_cut:
+            self.stop.set()  # cleanly: what was streamed is recorded; the summary says why
         if options.delete_source and not options.dry_run and not self.stop.is_set():
             self._delete_confirmed(source, plan, validity, selected_ids or set(), stats)
+
+    def _size_limit(self, target: Target) -> tuple[int | None, str]:
+        """The largest message the target takes (its APPENDLIMIT, or its profile's figure when
+        smaller), and where that comes from."""
+        known = [
+            (limit, origin)
+            for limit, origin in (
+                (target.max_message_size, "the target's APPENDLIMIT"),
+                (self.options.size_limit, self.options.size_limit_origin),
+            )
+            if limit is not None
+        ]
+        return min(known) if known else (None, "")
+
+    def _leave_out_too_big(
+        self,
+        plan: FolderPlan,
+        validity: str,
+        refs: list[MessageRef],
+        limit: int,
+        origin: str,
+        stats: FolderStats,
+    ) -> list[MessageRef]:
+        """Fail messages over the limit up front, and leave alone those that failed for size
+        under this same limit before (a rerun retries them only once the limit changes)."""
+        src, dst = plan.source.path, plan.target
+        earlier = self.journal.failed_reasons(src, validity, dst)
+        kept: list[MessageRef] = []
+        too_big: list[MessageRef] = []
+        held: list[tuple[MessageRef, str]] = []
+        for ref in refs:
+            if recorded_limit(earlier.get(ref.id)) == limit:
+                held.append((ref, earlier[ref.id]))
+            elif ref.size > limit:
+                too_big.append(ref)
+            else:
+                kept.append(ref)
+        if too_big:
+            reason = size_reason(limit, origin)
+            self.journal.commit(src, validity, dst, [], [(r, reason) for r in too_big])
+            stats.failures.extend((r.id, reason) for r in too_big)
+        if held:
+            self._notice(
+                f"{plan.source_name}: {len(held)} message(s) that failed for size are not retried: "
+                f"the target's limit is still {limit} bytes"
+            )
+            stats.failures.extend((r.id, f"{reason} (not retried)") for r, reason in held)
+        stats.failed += len(too_big) + len(held)
+        return kept
+
+    def _within_budget(self, src: FolderPath, refs: list[MessageRef]) -> list[MessageRef]:
+        """The first messages that the daily budgets still allow (bytes reserved before they are
+        fetched); when one is spent, the run will stop after them, saying when to rerun."""
+        budgets = self.options.budgets
+        assert budgets is not None
+        for n, ref in enumerate(refs):
+            if (src, ref.id) in self._budgeted:
+                continue
+            spent = budgets.reserve(ref.size)
+            if spent is not None:
+                if self._stopped is None:
+                    self._stopped = spent.spent_message()
+                return refs[:n]
+            self._budgeted.add((src, ref.id))
+        return refs
 
     def _reconcile(
         self,
@@ -342,21 +554,63 @@ class Engine:
         validity: str,
         refs: list[MessageRef],
         stats: FolderStats,
+        pace: _Pace,
     ) -> list[MessageRef]:
-        """Leave out what the target already holds, beyond the copies the journal accounts for."""
-        present = Counter(target.index(plan.target))
-        present.subtract(self.journal.done_keys(plan.target))
+        """Leave out what the target already holds, beyond the copies the journal accounts for.
+
+        Appends left in doubt (journaled 'pending', never confirmed) that the target does not
+        show may still be on their way: the bytes of an APPEND that a killed run or a dropped
+        connection had already handed to the kernel reach the server, and are stored, after the
+        process is gone. So when such messages are missing and the target says appends can land
+        late, the index is taken again once that window has passed since the loss (counted from
+        the start of this run for a rerun after a crash: the crash came before it), rather than
+        copying them a second time."""
+        src = plan.source.path
+        present = self._present(target, plan)
+        window = target.late_append_window
+        if window > 0:
+            doubt = self.journal.pending(src, validity, plan.target)
+            missing = Counter(key for key, _ in doubt) - present
+            if missing:
+                # In flight are at most the bytes of the appends in doubt; they reach the server
+                # about as fast as the target took appends before (measured and journaled).
+                late_bytes = sum(size for key, size in doubt if key in missing)
+                rate = self.journal.append_rate() or SLOW_APPEND_RATE
+                settle = min(window + 1.5 * late_bytes / rate, MAX_SETTLE)
+                wait = settle - (time.monotonic() - pace.dropped)
+                if wait > 0:
+                    if wait > 3:
+                        self._notice(
+                            f"{plan.target_name}: waiting {wait:.0f}s for {len(missing)} "
+                            "message(s) an interrupted append may still deliver, so as not "
+                            "to copy them twice"
+                        )
+                    if self.stop.wait(wait):
+                        raise _Stop()
+                    present = self._present(target, plan)
+        key: Callable[[MessageRef], str] = lambda ref: ref.key  # noqa: E731
+        if self.options.rules.active:
+            # A message a rule changed has another size in the target: match without sizes.
+            loose: Counter[str] = Counter()
+            for k, n in present.items():
+                loose[loose_key(k)] += n
+            present, key = loose, lambda ref: loose_key(ref.key)
         found: list[MessageRef] = []
         todo: list[MessageRef] = []
         for ref in refs:
-            if present[ref.key] > 0:
-                present[ref.key] -= 1
+            if present[key(ref)] > 0:
+                present[key(ref)] -= 1
                 found.append(ref)
             else:
                 todo.append(ref)
         self.journal.reconcile(plan.source.path, validity, plan.target, found)
         stats.skipped += len(found)
         return todo
+
+    def _present(self, target: Target, plan: FolderPlan) -> Counter[str]:
+        present = Counter(target.index(plan.target))
+        present.subtract(self.journal.done_keys(plan.target))
+        return present
 
     def _stream(
         self,
@@ -366,6 +620,7 @@ class Engine:
         validity: str,
         refs: list[MessageRef],
         stats: FolderStats,
+        pace: _Pace,
     ) -> None:
         batches: queue.Queue[object] = queue.Queue(maxsize=2)
         abandon = threading.Event()
@@ -381,19 +636,35 @@ class Engine:
 
         def read() -> None:
             batch: list[tuple[MessageRef, bytes | MessageError]] = []
-            size = 0
+            size = start = 0
+            chunk: list[MessageRef] = []
             try:
-                for ref, data in source.fetch(plan.source.path, refs):
-                    if abandon.is_set() or self.stop.is_set():
-                        return
-                    batch.append((ref, data))
-                    size += len(data) if isinstance(data, bytes) else 0
-                    if size >= options.batch_bytes or len(batch) >= options.batch_count:
+                while start < len(refs):
+                    chunk = _chunk(refs, start, self._fetch_size(pace))
+                    self._throttle(chunk)
+                    for ref, data in source.fetch(plan.source.path, chunk):
+                        if abandon.is_set() or self.stop.is_set():
+                            return
+                        batch.append((ref, data))
+                        size += len(data) if isinstance(data, bytes) else 0
+                        if size >= options.batch_bytes or len(batch) >= options.batch_count:
+                            put(batch)
+                            batch, size = [], 0
+                    start += len(chunk)
+                    pace.grow("fetch")
+                    if batch and pace.fetch < options.batch_bytes:
+                        # Small chunks (the link keeps dropping): hand each one to the writer
+                        # at once, so what was fetched is appended before the next drop.
                         put(batch)
                         batch, size = [], 0
                 if batch:
                     put(batch)
             except BaseException as exc:
+                if isinstance(exc, StoreError) and exc.transient:
+                    pace.shrink("fetch", sum(r.size for r in chunk))
+                # The messages read before the connection broke are whole: append them first.
+                if batch:
+                    put(batch)
                 put(exc)
             finally:
                 put(_END)
@@ -407,12 +678,35 @@ class Engine:
                     break
                 if isinstance(item, BaseException):
                     raise item
-                self._write_batch(target, plan, validity, item, stats)  # type: ignore[arg-type]
+                self._write_batch(target, plan, validity, item, stats, pace)  # type: ignore[arg-type]
                 if self.stop.is_set():
                     break
         finally:
             abandon.set()
             reader.join()
+
+    def _fetch_size(self, pace: _Pace) -> int:
+        """Bytes per fetch: with a byte rate, about one second of it, so the stream is smooth."""
+        rate = self.options.byte_rate
+        return pace.fetch if rate is None else min(pace.fetch, max(int(rate.rate), 64 * 1024))
+
+    def _throttle(self, chunk: Sequence[MessageRef]) -> None:
+        """The token buckets (--max-bytes-per-second, the profiles' rates), before a fetch."""
+        if self.options.byte_rate is not None:
+            self.options.byte_rate.take(sum(r.size for r in chunk), self.stop.wait)
+        if self.options.message_rate is not None:
+            self.options.message_rate.take(len(chunk), self.stop.wait)
+
+    def _apply_rules(
+        self, ref: MessageRef, data: bytes
+    ) -> tuple[MessageRef, bytes, tuple[str, ...]]:
+        """The message as the target's rules want it; a changed one gets its new size and key, so
+        that the journal and a later comparison with the target recognise it."""
+        new, changes = self.options.rules.apply(data)
+        if not changes:
+            return ref, data, ()
+        size = crlf_size(new)
+        return replace(ref, size=size, key=message_key(new, size)), new, changes
 
     def _write_batch(
         self,
@@ -421,29 +715,68 @@ class Engine:
         validity: str,
         batch: list[tuple[MessageRef, bytes | MessageError]],
         stats: FolderStats,
+        pace: _Pace,
     ) -> None:
+        """Append a batch in parts of at most ``pace.append`` bytes, each journaled 'pending'
+        before and committed after, so a connection lost in one part keeps the parts before."""
         src, dst = plan.source.path, plan.target
-        failed = [(ref, str(data)) for ref, data in batch if isinstance(data, MessageError)]
+        unreadable = [(ref, str(data)) for ref, data in batch if isinstance(data, MessageError)]
         good = [(ref, data) for ref, data in batch if isinstance(data, bytes)]
-        done: list[tuple[MessageRef, str | None]] = []
-        if good:
-            self.journal.begin(src, validity, dst, [ref for ref, _ in good])
-            extra = self.options.add_flags
-            outgoing = [(replace(r, flags=r.flags | extra), d) for r, d in good] if extra else good
-            results = target.append(dst, outgoing)
-            for (ref, _), result in zip(good, results, strict=True):
-                if result.ok:
-                    done.append((ref, result.target_id))
-                else:
-                    failed.append((ref, result.error or "refused"))
-        self.journal.commit(src, validity, dst, done, failed, target.resume_point(dst))
-        nbytes = sum(len(data) for _, data in good)
-        copied_bytes = sum(ref.size for ref, _ in done)
-        stats.copied += len(done)
-        stats.bytes += copied_bytes
-        stats.failed += len(failed)
-        stats.failures.extend((ref.id, reason) for ref, reason in failed)
-        self.reporter.advanced(plan, len(batch), nbytes)
+        changed: dict[str, tuple[str, ...]] = {}
+        if self.options.rules.active:
+            ruled = [self._apply_rules(ref, data) for ref, data in good]
+            good = [(ref, data) for ref, data, _ in ruled]
+            changed = {ref.id: changes for ref, _, changes in ruled if changes}
+        limit, origin = self._size_limit(target)
+        sizes = {id(ref): len(data) for ref, data in good}
+        parts: list[list[tuple[MessageRef, bytes]]] = []
+        start = 0
+        while start < len(good):
+            chunk = _chunk([r for r, _ in good], start, pace.append)
+            parts.append(good[start : start + len(chunk)])
+            start += len(chunk)
+        extra = self.options.add_flags
+        for n, part in enumerate(parts or [[]]):
+            failed = unreadable if n == 0 else []
+            done: list[tuple[MessageRef, str | None]] = []
+            rate: float | None = None
+            if part:
+                self.journal.begin(src, validity, dst, [ref for ref, _ in part])
+                outgoing = (
+                    [(replace(r, flags=r.flags | extra), d) for r, d in part] if extra else part
+                )
+                nbytes = sum(sizes[id(r)] for r, _ in part)
+                began = time.monotonic()
+                try:
+                    results = target.append(dst, outgoing)
+                except StoreError as exc:
+                    if exc.transient:
+                        pace.shrink("append", nbytes)
+                    raise
+                took = time.monotonic() - began
+                if nbytes >= RATE_SAMPLE_BYTES and took > 0:
+                    rate = nbytes / took
+                pace.grow("append")
+                for (ref, _), result in zip(part, results, strict=True):
+                    if result.ok:
+                        done.append((ref, result.target_id))
+                    else:
+                        reason = result.error or "refused"
+                        if limit is not None and is_size_refusal(reason):
+                            reason = f"{size_reason(limit, origin)}: {reason}"
+                        failed.append((ref, reason))
+            self.journal.commit(
+                src, validity, dst, done, failed, target.resume_point(dst), append_rate=rate
+            )
+            stats.copied += len(done)
+            stats.bytes += sum(ref.size for ref, _ in done)
+            for ref, _ in done:
+                if ref.id in changed:
+                    stats.changed += 1
+                    stats.changes.update(changed[ref.id])
+            stats.failed += len(failed)
+            stats.failures.extend((ref.id, reason) for ref, reason in failed)
+            self.reporter.advanced(plan, len(part) + len(failed), sum(len(d) for _, d in part))
 
     def _delete_confirmed(
         self,

@@ -2,7 +2,8 @@
 
 - ConfigError: the user must change the command (exit 2).
 - ConnectError: cannot reach or log in to a server (exit 3); never retried blindly.
-- StoreError: a store failed mid-run; ``transient`` ones are retried after reconnecting.
+- StoreError: a store failed mid-run; ``transient`` ones are retried after reconnecting (a store
+  raising one has already closed the connection it lost; the next call or connect() opens anew).
 - FolderError: one folder cannot be used; the run goes on with the others.
 - MessageError: one message was refused; it is recorded as failed and the run goes on.
 """
@@ -39,9 +40,13 @@ class ConnectError(MigratorError):
 
 
 class StoreError(MigratorError):
-    def __init__(self, message: str, *, transient: bool = False) -> None:
+    def __init__(
+        self, message: str, *, transient: bool = False, retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
-        self.transient = transient
+        self.transient = transient or retry_after is not None
+        #: Seconds the server asked us to wait before trying again ("Suggested Backoff Time").
+        self.retry_after = retry_after
 
 
 class FolderError(MigratorError):

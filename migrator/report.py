@@ -99,6 +99,12 @@ def copy_table(summary: RunSummary) -> str:
     if summary.interrupted:
         footer += "; interrupted: run the same command again to finish"
     lines.append(footer)
+    changes = summary.changes()
+    if changes:
+        counts = ", ".join(f"{name}: {n}" for name, n in sorted(changes.items()))
+        lines.append(f"changed by message rules: {summary.total('changed')} ({counts})")
+    if summary.stopped:
+        lines.append(f"stopped: {summary.stopped}")
     for folder in summary.folders:
         for msg_id, reason in folder.failures[:20]:
             lines.append(f"failed: {folder.plan.source_name} #{msg_id}: {reason}")
@@ -119,6 +125,9 @@ def copy_json(summary: RunSummary) -> dict[str, Any]:
         "dry_run": summary.dry_run,
         "interrupted": summary.interrupted,
         "deleted": summary.total("deleted"),
+        "changed": summary.total("changed"),
+        "changes": dict(summary.changes()),
+        "stopped": summary.stopped,
         "folders": [
             {
                 "source": f.plan.source_name,
@@ -130,6 +139,7 @@ def copy_json(summary: RunSummary) -> dict[str, Any]:
                 "deleted": f.deleted,
                 "error": f.error,
                 "failures": [{"id": i, "reason": r} for i, r in f.failures],
+                "changed": f.changed,
             }
             for f in summary.folders
         ],

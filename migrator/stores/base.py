@@ -93,6 +93,10 @@ class Target(Store):
     delimiter: str | None = None
     #: Largest message the target accepts (RFC 7889 APPENDLIMIT or a profile limit), when known.
     max_message_size: int | None = None
+    #: Seconds an append cut off by a crash or a lost connection may still take to land: bytes a
+    #: dead process had handed to the kernel reach a network server after it. 0 for local stores,
+    #: whose writes are done or not when the process dies.
+    late_append_window: float = 0.0
 
     def ensure_folder(self, path: FolderPath) -> None:
         """Create (and subscribe) the folder and its parents when missing."""
@@ -137,3 +141,7 @@ class ServerAccess:
     timeout: float = 60.0
     #: How a server's reply names this account in errors: "imaps://alice@mail.example.org:993".
     label: str = ""
+    #: How to log in: "password" (IMAP LOGIN; POP3 SASL PLAIN or USER/PASS), "plain" (SASL
+    #: PLAIN), "login" (IMAP LOGIN), or "xoauth2" / "oauthbearer", when ``secret`` gives an
+    #: OAuth2 access token.
+    auth: str = "password"

@@ -15,11 +15,14 @@ import socket
 import ssl
 from collections.abc import Container, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
 from imapclient import IMAPClient
+from imapclient.datetime_util import datetime_to_INTERNALDATE
 from imapclient.exceptions import IMAPClientError, LoginError
+from imapclient.imapclient import seq_to_parenstr
 from imapclient.response_parser import parse_fetch_response
 
 from migrator.errors import ConnectError, FolderError, MessageError, StoreError
@@ -34,16 +37,20 @@ from migrator.model import (
     message_key,
     to_crlf,
 )
+from migrator.oauth import sasl_initial
+from migrator.ratelimit import parse_backoff
 from migrator.stores.base import AppendResult, ServerAccess, Source, Target
 
 _KEY_HEADERS = "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID DATE FROM TO SUBJECT)]"
 _KEY_RESPONSE = b"BODY[HEADER.FIELDS (MESSAGE-ID DATE FROM TO SUBJECT)]"
 _APPENDUID = re.compile(rb"\[APPENDUID (\d+) ([0-9:,]+)\]", re.IGNORECASE)
 
-#: Metadata FETCH batch: large enough to amortise the round trip, small enough for line limits.
-META_BATCH = 2000
+#: Metadata FETCH batch: large enough to amortise the round trip, small enough for line limits,
+#: and about 100 kB of answer, so a listing cut off by a flaky link keeps what it got (the engine
+#: goes on from there after reconnecting).
+META_BATCH = 250
 #: Body FETCH / APPEND batch limits: bytes in flight per batch, and messages per command.
-BODY_BATCH_BYTES = 8 * 1024 * 1024
+BODY_BATCH_BYTES = 2 * 1024 * 1024
 BODY_BATCH_COUNT = 400
 
 
@@ -110,9 +117,20 @@ class ImapStore(Source, Target):
     """One IMAP account. Not thread-safe: the engine gives each worker its own store."""
 
     can_delete = True
+    late_append_window = 1.0
 
-    def __init__(self, access: ServerAccess) -> None:
+    def __init__(
+        self, access: ServerAccess, *, restore_seen: bool = False, gmail_ids: bool = False
+    ) -> None:
+        """``restore_seen``: the server sets \\Seen when a body is fetched even with BODY.PEEK
+        (iCloud), so the flag is removed again from the messages that did not have it.
+        ``gmail_ids``: when the server has X-GM-EXT-1, a message's id is its X-GM-MSGID, which
+        stays the same in every label folder and across UIDVALIDITY changes."""
         self.access = access
+        self.restore_seen = restore_seen
+        self.gmail_ids = gmail_ids
+        #: Gmail: folder name -> X-GM-MSGID -> UID, learnt by list_messages.
+        self._gm_uids: dict[str, dict[str, int]] = {}
         self.label = access.label or f"imap://{access.user}@{access.host}:{access.port}"
         self._client: IMAPClient | None = None
         self._caps: frozenset[str] = frozenset()
@@ -173,11 +191,16 @@ class ImapStore(Source, Target):
             if isinstance(sock, ssl.SSLSocket):
                 self.tls_version = sock.version()
             try:
-                client.login(a.user, a.secret())
+                _login(client, a)
             except LoginError as exc:
+                hint = "check the user name and password"
+                if a.auth in ("xoauth2", "oauthbearer"):
+                    hint = (
+                        "the OAuth2 access token was refused: get a fresh one (check the "
+                        "--*-oauth2-token-cmd, or run `migrator auth login PROFILE:USER` again)"
+                    )
                 raise ConnectError(
-                    f"{self.label}: login failed, the server said {_text(str(exc))!r}; "
-                    "check the user name and password"
+                    f"{self.label}: login failed, the server said {_text(str(exc))!r}; {hint}"
                 ) from None
             client.normalise_times = False
             self._caps = frozenset(c.decode().upper() for c in client.capabilities())
@@ -270,9 +293,21 @@ class ImapStore(Source, Target):
             raise StoreError(
                 f"{self.label}: connection lost during {what} ({reason})",
                 transient=True,
+                retry_after=parse_backoff(reason),
             ) from None
         except (imaplib.IMAP4.error, IMAPClientError) as exc:
-            raise StoreError(f"{self.label}: {what} refused: {_text(str(exc))}") from None
+            raise self._refused(what, _text(str(exc))) from None
+
+    def _refused(self, what: str, said: str) -> StoreError:
+        """A refusal; one that asks us to wait ("Suggested Backoff Time: N milliseconds",
+        [UNAVAILABLE]) carries the pause, and the engine sleeps, reconnects and goes on."""
+        wait = parse_backoff(said)
+        if wait is not None:
+            return StoreError(
+                f"{self.label}: the server asked to wait {wait:g}s during {what} ({said})",
+                retry_after=wait,
+            )
+        return StoreError(f"{self.label}: {what} refused: {said}")
 
     # -- folders ----------------------------------------------------------------------------
 
@@ -338,8 +373,36 @@ class ImapStore(Source, Target):
 
     def open_folder(self, path: FolderPath) -> FolderState:
         info = self._select(path, readonly=True)
-        validity = info.get(b"UIDVALIDITY", 0)
+        validity = "X-GM-MSGID" if self._gmail else info.get(b"UIDVALIDITY", 0)
         return FolderState(validity=str(validity), count=int(info.get(b"EXISTS", 0)))
+
+    @property
+    def _gmail(self) -> bool:
+        return self.gmail_ids and "X-GM-EXT-1" in self._caps
+
+    def _gmail_map(self, path: FolderPath) -> dict[int, str]:
+        """UID -> X-GM-MSGID for the whole folder (one FETCH per META_BATCH UIDs)."""
+        uids = self._all_uids(path)
+        found: dict[int, str] = {}
+        for start in range(0, len(uids), META_BATCH):
+            with self._talk("UID FETCH X-GM-MSGID"):
+                data = self._fetch(uid_set(uids[start : start + META_BATCH]), "(X-GM-MSGID)")
+            found.update(
+                (u, str(item[b"X-GM-MSGID"])) for u, item in data.items() if b"X-GM-MSGID" in item
+            )
+        self._gm_uids[self._name(path)] = {m: u for u, m in found.items()}
+        return found
+
+    def _uid(self, path: FolderPath, ref_id: str) -> int:
+        if self._gmail:
+            uids = self._gm_uids.get(self._name(path)) or {}
+            if ref_id not in uids:
+                self._gmail_map(path)
+                uids = self._gm_uids[self._name(path)]
+            if ref_id not in uids:
+                raise MessageError(f"X-GM-MSGID {ref_id} is no longer in the folder")
+            return uids[ref_id]
+        return int(ref_id)
 
     def _all_uids(self, path: FolderPath) -> list[int]:
         self._ensure_selected(path, readonly=True)
@@ -347,7 +410,11 @@ class ImapStore(Source, Target):
             return sorted(self._c.search("ALL"))
 
     def list_messages(self, path: FolderPath, skip: Container[str] = ()) -> Iterator[MessageRef]:
-        uids = [u for u in self._all_uids(path) if str(u) not in skip]
+        gm = self._gmail_map(path) if self._gmail else None
+        if gm is not None:
+            uids = [u for u in sorted(gm) if gm[u] not in skip]
+        else:
+            uids = [u for u in self._all_uids(path) if str(u) not in skip]
         for start in range(0, len(uids), META_BATCH):
             chunk = uids[start : start + META_BATCH]
             with self._talk("UID FETCH"):
@@ -358,7 +425,8 @@ class ImapStore(Source, Target):
                 item = data.get(uid)
                 if item is None:  # expunged meanwhile
                     continue
-                yield self._ref(uid, item)
+                ref = self._ref(uid, item)
+                yield replace(ref, id=gm[uid]) if gm is not None else ref
 
     def _fetch(self, uids: str, items: str) -> dict[int, dict[bytes, Any]]:
         """UID FETCH with a compact UID set (imapclient's own fetch lists every UID, and long
@@ -367,7 +435,7 @@ class ImapStore(Source, Target):
         tag = imap._command("UID", "FETCH", uids, items)
         typ, data = imap._command_complete("FETCH", tag)
         if typ != "OK":
-            raise StoreError(f"{self.label}: FETCH refused: {_text(data)}")
+            raise self._refused("FETCH", _text(data))
         typ, data = imap._untagged_response(typ, data, "FETCH")
         return parse_fetch_response(data, False, True)  # type: ignore[no-any-return]
 
@@ -390,11 +458,16 @@ class ImapStore(Source, Target):
         self, path: FolderPath, refs: Sequence[MessageRef]
     ) -> Iterator[tuple[MessageRef, bytes | MessageError]]:
         for batch in batches_by_size(refs, BODY_BATCH_BYTES, BODY_BATCH_COUNT):
-            self._ensure_selected(path, readonly=True)
+            self._ensure_selected(path, readonly=not self.restore_seen)
+            uids = {r.id: self._uid(path, r.id) for r in batch}
             with self._talk("UID FETCH"):
-                data = self._fetch(uid_set(int(r.id) for r in batch), "(BODY.PEEK[])")
+                data = self._fetch(uid_set(uids.values()), "(BODY.PEEK[])")
+            unseen = [uids[r.id] for r in batch if "\\Seen" not in r.flags]
+            if self.restore_seen and unseen:
+                with self._talk("UID STORE -FLAGS (\\Seen)"):
+                    self._c.remove_flags(uid_set(unseen), [b"\\Seen"], silent=True)
             for ref in batch:
-                body = data.get(int(ref.id), {}).get(b"BODY[]")
+                body = data.get(uids[ref.id], {}).get(b"BODY[]")
                 if body is None:
                     yield ref, MessageError("the message vanished from the source")
                 else:
@@ -410,7 +483,7 @@ class ImapStore(Source, Target):
                 "that were not copied; nothing was deleted"
             )
         self._ensure_selected(path, readonly=False)
-        uids = [int(i) for i in ids]
+        uids = [self._uid(path, i) for i in ids]
         with self._talk("UID STORE/EXPUNGE"):
             for start in range(0, len(uids), META_BATCH):
                 chunk = uid_set(uids[start : start + META_BATCH])
@@ -446,7 +519,36 @@ class ImapStore(Source, Target):
             self.list_folders()
         if path not in self._existing and path != INBOX:
             return []
+        # SELECT afresh: a folder already selected shows other sessions' appends only after a
+        # sync, and the index must see them (an append a dead run left in flight, say).
+        self._selected = None
         return [ref.key for ref in self.list_messages(path)]
+
+    def _multiappend(
+        self, name: str, items: Sequence[tuple[MessageRef, bytes]]
+    ) -> tuple[str, list[Any]]:
+        """One APPEND command for all the items (RFC 3502 MULTIAPPEND when there are several),
+        each message sent straight from its bytes: with LITERAL+ (RFC 7888) nothing waits for
+        the server until the end, and no copy of a large message is made on its way out."""
+        client = self._c
+        imap = client._imap
+        literal_plus = "LITERAL+" in self._caps
+        tag = imap._new_tag()
+        imap.send(tag + b" APPEND " + client._normalise_folder(name))
+        for ref, body in items:
+            data = to_crlf(body)
+            head = b" " + seq_to_parenstr(sorted(ref.flags - UNCOPIED_FLAGS)).encode()
+            if ref.date is not None:
+                head += b' "' + datetime_to_INTERNALDATE(ref.date).encode() + b'"'
+            if literal_plus:
+                imap.send(head + b" {%d+}\r\n" % len(data))
+                imap.send(data)
+            else:
+                imap.send(head)
+                client._send_literal(tag, data, False)  # waits for the server's "+"
+        imap.send(b"\r\n")
+        typ, answer = imap._command_complete("APPEND", tag)
+        return typ, answer
 
     def append(
         self, path: FolderPath, items: Sequence[tuple[MessageRef, bytes]]
@@ -456,29 +558,23 @@ class ImapStore(Source, Target):
         name = self._name(path)
         if len(items) > 1 and "MULTIAPPEND" in self._caps:
             with self._talk(f"APPEND to {name!r}"):
-                typ, data = self._c.multiappend(name, [_append_item(r, b) for r, b in items])
+                typ, data = self._multiappend(name, items)
             if typ == "OK":
                 return _append_results(_text_bytes(data), len(items))
+            if parse_backoff(_text(data)) is not None:  # throttled: not the messages' fault
+                raise self._refused(f"APPEND to {name!r}", _text(data))
             # MULTIAPPEND is all or nothing: find the message at fault one by one.
         results: list[AppendResult] = []
         for ref, body in items:
             with self._talk(f"APPEND to {name!r}"):
-                typ, data = self._c.multiappend(name, [_append_item(ref, body)])
+                typ, data = self._multiappend(name, [(ref, body)])
             if typ == "OK":
                 results.extend(_append_results(_text_bytes(data), 1))
+            elif parse_backoff(_text(data)) is not None:
+                raise self._refused(f"APPEND to {name!r}", _text(data))
             else:
                 results.append(AppendResult(error=f"the server said: {_text(data)}"))
         return results
-
-
-def _append_item(ref: MessageRef, body: bytes) -> dict[str, Any]:
-    item: dict[str, Any] = {
-        "msg": to_crlf(body),
-        "flags": sorted(ref.flags - UNCOPIED_FLAGS),
-    }
-    if ref.date is not None:
-        item["date"] = ref.date
-    return item
 
 
 def _text_bytes(data: Any) -> bytes:
@@ -493,6 +589,40 @@ def _append_results(response: bytes, count: int) -> list[AppendResult]:
         return [AppendResult() for _ in range(count)]
     validity, uids = parsed
     return [AppendResult(target_id=f"{validity}:{uid}") for uid in uids]
+
+
+def _login(client: IMAPClient, access: ServerAccess) -> None:
+    """LOGIN, SASL PLAIN, or XOAUTH2 / OAUTHBEARER with an access token from ``secret`` (called
+    at every login, so a token command runs again at each reconnect). LoginError on refusal."""
+    if access.auth in ("xoauth2", "oauthbearer"):
+        initial = sasl_initial(access.auth, access.user, access.secret(), access.host, access.port)
+        answered: list[bytes] = []
+
+        def respond(challenge: bytes) -> str:
+            # A second challenge is the server's error report (JSON): answer it empty, as
+            # RFC 7628 asks, and the server ends the exchange with NO.
+            answered.append(challenge)
+            return initial if len(answered) == 1 else ""
+
+        try:
+            client._command_and_check("authenticate", access.auth.upper(), respond)
+        except IMAPClientError as exc:
+            raise LoginError(str(exc)) from None
+    elif access.auth == "plain":
+        client.plain_login(access.user, access.secret())
+    else:
+        secret = access.secret()
+        if (access.user + secret).isascii():
+            client.login(access.user, secret)
+        elif client.has_capability("AUTH=PLAIN"):
+            # LOGIN's quoted strings are ASCII (imaplib refuses anything else); SASL PLAIN
+            # carries UTF-8 (RFC 4616), so a password such as "Grüße€" still logs in.
+            client.plain_login(access.user, secret)
+        else:
+            raise LoginError(
+                "the user name or password has non-ASCII characters, which LOGIN cannot carry, "
+                "and the server offers no AUTHENTICATE PLAIN"
+            )
 
 
 def _quietly_close(client: IMAPClient) -> None:

@@ -195,10 +195,11 @@ def _lines(data: bytes) -> list[bytes]:
 
 def _split_header(data: bytes) -> tuple[bytes, bytes]:
     """(header lines, the rest from the empty line on); the rest is empty when there is no empty
-    line, and the header is empty when the message starts with one."""
+    line, and the header is empty when the message starts with one. A last line holding only a
+    bare CR counts as the empty line too: the newline the record adds after it would make one."""
     if data.startswith((b"\n", b"\r\n")):
         return b"", data
-    match = re.search(rb"\n(?=\r?\n)", data)
+    match = re.search(rb"\n(?=\r?\n|\r\Z)", data)
     if match is None:
         return data, b""
     return data[: match.end()], data[match.end() :]

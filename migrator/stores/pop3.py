@@ -28,6 +28,7 @@ from email.utils import parsedate_to_datetime
 
 from migrator.errors import ConnectError, FolderError, MessageError, StoreError
 from migrator.model import INBOX, Folder, FolderPath, FolderState, MessageRef, message_key
+from migrator.oauth import sasl_initial
 from migrator.stores.base import ServerAccess, Source
 
 #: Longest line accepted from the server; far above RFC 5322's 998 because real mail breaks it.
@@ -542,6 +543,12 @@ class Pop3Store(Source):
                         "offer it; log in without APOP"
                     )
                 wire.command(f"APOP {user} {digest}")
+            elif self.access.auth in ("xoauth2", "oauthbearer"):
+                a = self.access
+                initial = sasl_initial(a.auth, user, password, a.host, a.port)
+                wire.send(f"AUTH {a.auth.upper()} {base64.b64encode(initial.encode()).decode()}")
+                if not wire.status().startswith(b"+OK"):  # "+ <error>": answer empty, get -ERR
+                    wire.command("")
             elif "PLAIN" in (m.upper() for m in caps.get("SASL", [])):
                 wire.send(f"AUTH PLAIN {sasl_plain(user, password)}")
                 if not wire.status().startswith(b"+OK"):  # "+ ": initial response not taken
@@ -553,6 +560,8 @@ class Pop3Store(Source):
             said = _scrub(exc.text, password)
             busy = any(code in said for code in ("[IN-USE]", "[LOGIN-DELAY]", "[SYS/TEMP]"))
             hint = "try again later" if busy else "check the user name and password"
+            if self.access.auth in ("xoauth2", "oauthbearer") and not busy:
+                hint = "the OAuth2 access token was refused: get a fresh one"
             raise ConnectError(
                 f"{self.label}: login failed: the server said '{said}'; {hint}"
             ) from None

@@ -22,7 +22,7 @@ def test_version():
     [
         (["imaps://alice:hunter2@h", "mbox:/tmp/x"], "password in the URL is refused"),
         (["ftp://alice@h", "mbox:/tmp/x"], "unknown scheme"),
-        (["gmail:alice@gmail.com", "imaps://b@h"], "not supported yet"),
+        (["nosuch:alice@example.com", "imaps://b@h"], "unknown profile 'nosuch'"),
         (["imaps://a@h", "imaps://b@h", "--since", "yesterday"], "--since"),
         (["imaps://a@h", "imaps://b@h", "--max-size", "big"], "--max-size"),
         (["imaps://a@h", "imaps://b@h", "--map", "nothing"], "--map"),

@@ -79,7 +79,7 @@ def test_round_trip_of_server_endpoint_text():
     assert parse_endpoint(str(ep).replace("a@b@", "a%40b@")) == ep
 
 
-def test_profiles_answer_not_supported_yet_with_usage_exit():
+def test_a_profile_endpoint_without_its_profile_is_a_usage_error():
     with pytest.raises(ConfigError) as info:
         open_store(parse_endpoint("gmail:alice@gmail.com"), None, "source")
     assert info.value.exit_status == 2

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from migrator.errors import ConfigError, FolderError, MessageError
@@ -53,6 +53,8 @@ def files(folder: Path, sub: str) -> list[str]:
 @settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(any_bytes, flag_sets, dates(1971, 2100)), min_size=1, max_size=6))
 def test_append_then_read_round_trip(batch: list[tuple[bytes, frozenset[str], datetime]]) -> None:
+    # A Maildir folder holds 26 keywords (letters a-z); the 27th is refused by design (below).
+    assume(len({k for _, f, _ in batch for k in f if not k.startswith("\\")}) <= 26)
     with scratch_dir() as tmp:
         store = store_at(Path(tmp) / "Maildir")
         store.ensure_folder(ARCHIVE)
