@@ -1,0 +1,479 @@
+"""Issue 9: `migrator batch` against real Dovecot servers and a real Dask cluster.
+
+Twenty accounts per test, their sources on ``dovecot_source`` ('/') and their targets alternately
+on ``dovecot_target`` ('.') and a second target server started here. Source passwords come from
+environment variables named in the manifest, target passwords from password files. Every check
+compares full snapshots (bytes, flags, INTERNALDATE) of each account's source and target, so a
+message copied twice, lost or altered fails the test.
+"""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import json
+import os
+import pty
+import select
+import signal
+import socket
+import sqlite3
+import struct
+import subprocess
+import sys
+import termios
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.corpus import make_corpus, seed_imap, snapshot_imap
+from tests.dovecot import DovecotServer, TlsFiles
+from tests.integration.jobs import REPO, base_env
+
+ACCOUNTS = 20
+MESSAGES = 30
+COLUMNS = (
+    "name,source,target,source_password_env,target_password_file,source_ca_file,target_ca_file"
+)
+
+
+def batch_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "migrator", "batch", *args]
+
+
+@pytest.fixture(scope="module")
+def second_target(dovecot_root: Path, tls_files: TlsFiles) -> Iterator[DovecotServer]:
+    """Another target server, '/' separator, for half of the accounts."""
+    server = DovecotServer(dovecot_root / "batch-target-2", separator="/", tls=tls_files)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+@dataclass
+class Fleet:
+    """N source accounts with mail and N empty targets, a manifest naming them, and the
+    environment holding the source passwords (the target passwords are in files)."""
+
+    pairs: list[tuple[object, object]]
+    manifest: Path
+    env: dict[str, str]
+    state: Path
+
+    def run(self, *args: str, env: dict[str, str] | None = None, timeout: float = 240):
+        return subprocess.run(
+            batch_cmd(str(self.manifest), "--state-dir", str(self.state), *args),
+            env=env or self.env,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=timeout,
+        )
+
+    def run_json(self, *args: str, expect: int = 0, **kw) -> dict:
+        result = self.run("--json", *args, **kw)
+        assert result.returncode == expect, result.stderr
+        assert "Traceback" not in result.stderr
+        return json.loads(result.stdout)
+
+    def start(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            batch_cmd(str(self.manifest), "--state-dir", str(self.state), *args),
+            env=env or self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+
+    def ledger(self, column: str = "status") -> dict[str, str]:
+        """Account -> status (or another column), as the batch's ledger has it now."""
+        path = self.state / "batch.sqlite"
+        if not path.exists():
+            return {}
+        try:
+            with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
+                return dict(db.execute(f"SELECT name, {column} FROM accounts").fetchall())
+        except sqlite3.OperationalError:
+            return {}
+
+    def wait_until(self, done: int, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and proc.poll() is None:
+            if sum(s == "done" for s in self.ledger().values()) >= done:
+                return
+            time.sleep(0.02)
+        raise AssertionError(f"the batch did not reach {done} accounts: {self.ledger()}")
+
+    def assert_exactly_once(self) -> None:
+        for src, dst in self.pairs:
+            a, b = snapshot_imap(src.client()), snapshot_imap(dst.client())  # type: ignore[attr-defined]
+            assert sum(map(len, a.values())) == MESSAGES
+            for folder, messages in a.items():
+                assert b.get(folder) == messages, (
+                    f"{src.user} {folder}: {len(messages)} in source, "  # type: ignore[attr-defined]
+                    f"{len(b.get(folder, []))} in target"
+                )
+            extra = {f: len(v) for f, v in b.items() if f not in a and v}
+            assert not extra, extra
+
+
+@pytest.fixture
+def fleet(
+    account, dovecot_source, dovecot_target, second_target, dovecot_tmp, tls_files
+) -> Callable[..., Fleet]:
+    def make(n: int = ACCOUNTS, seed: int = 0, prefix: str = "b") -> Fleet:
+        env = base_env()
+        rows = [COLUMNS]
+        pairs = []
+        for i in range(n):
+            src = account(dovecot_source, prefix=prefix)
+            dst = account(dovecot_target if i % 2 == 0 else second_target, prefix=prefix)
+            seed_imap(src.client(), make_corpus(seed * 100 + i, MESSAGES), "/")
+            var = f"BATCH_SRC_PW_{i}"
+            env[var] = src.password
+            pw_file = dovecot_tmp / f"target-{i}.pw"
+            pw_file.write_text(dst.password + "\n")
+            pw_file.chmod(0o600)
+            ca = tls_files.ca_file
+            rows.append(
+                f"acct{i:02d},{src.url('imaps')},{dst.url('imaps')},{var},{pw_file},{ca},{ca}"
+            )
+            pairs.append((src, dst))
+        manifest = dovecot_tmp / "accounts.csv"
+        manifest.write_text("\n".join(rows) + "\n")
+        return Fleet(pairs, manifest, env, dovecot_tmp / "state")
+
+    return make
+
+
+# -- 1. twenty accounts, four at a time ----------------------------------------------------------
+
+
+def test_twenty_accounts_four_at_a_time_exactly_once_and_a_rerun_does_nothing(fleet):
+    f = fleet()
+    report = f.state.parent / "report.csv"
+    data = f.run_json("--jobs", "4", "--report", str(report))
+    assert data["done"] == ACCOUNTS and data["ran"] == ACCOUNTS and data["failed"] == 0
+    assert all(a["copied"] == MESSAGES and a["status"] == "done" for a in data["accounts"])
+    assert data["copied"] == ACCOUNTS * MESSAGES
+    f.assert_exactly_once()
+    with open(report, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["name"] for r in rows] == [f"acct{i:02d}" for i in range(ACCOUNTS)]
+    assert {r["status"] for r in rows} == {"done"} and {r["copied"] for r in rows} == {"30"}
+    journals = list((f.state / "journals").glob("*.sqlite"))
+    assert len(journals) == ACCOUNTS
+    assert all(oct(p.stat().st_mode & 0o777) == "0o600" for p in journals)
+
+    started = time.monotonic()
+    again = f.run()
+    elapsed = time.monotonic() - started
+    assert again.returncode == 0, again.stderr
+    assert elapsed < 2.0, f"a rerun with nothing to do took {elapsed:.2f}s"
+    assert again.stdout.count("done before") == ACCOUNTS and "20/20 done" in again.stdout
+    f.assert_exactly_once()
+
+
+def _run_in_pty(cmd: list[str], env: dict[str, str], timeout: float = 120) -> bytes:
+    """Run with stdout and stderr on an 80x24 pseudo-terminal; return what it showed."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave)
+    os.close(slave)
+    out = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if select.select([master], [], [], 0.2)[0]:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+        elif proc.poll() is not None:
+            break
+    proc.wait(timeout=30)
+    os.close(master)
+    return out
+
+
+def test_a_terminal_shows_an_overall_bar_and_a_bar_per_running_account(fleet):
+    f = fleet(4, seed=3)
+    shown = _run_in_pty(
+        batch_cmd(str(f.manifest), "--state-dir", str(f.state), "--jobs", "2"), f.env
+    )
+    assert b"accounts: 100%|" in shown and b"4/4" in shown, shown[-2000:]
+    assert b"acct00" in shown and b"msg" in shown  # a bar per account while it runs
+    assert b"\x1b[" in shown  # bars redrawn in place
+    assert b"4/4 done" in shown  # and the table at the end
+    f.assert_exactly_once()
+
+
+def test_a_failed_account_exits_1_names_its_error_and_waits_for_retry_failed(fleet):
+    f = fleet(3, seed=4)
+    pw_file = f.manifest.parent / "target-1.pw"
+    good = pw_file.read_text()
+    pw_file.write_text("wrong\n")
+    result = f.run("--report", str(f.state.parent / "r.csv"))
+    assert result.returncode == 1, result.stderr
+    assert "acct01   failed" in result.stdout and "2/3 done" in result.stdout
+    assert "first error per account:" in result.stdout
+    assert "acct01: imaps://" in result.stdout and "authentication" in result.stdout.lower()
+    assert "wrong" not in result.stdout + result.stderr
+    again = f.run_json(expect=1)  # left alone: still failed, nothing run
+    assert again["ran"] == 0 and again["failed"] == 1
+    pw_file.write_text(good)
+    fixed = f.run_json("--retry-failed")
+    assert fixed["ran"] == 1 and fixed["done"] == 3
+    f.assert_exactly_once()
+
+
+# -- 2. SIGKILL half-way ------------------------------------------------------------------------
+
+
+def test_sigkill_half_way_then_rerun_completes_exactly_once(fleet):
+    f = fleet(seed=1)
+    proc = f.start("--jobs", "2")
+    f.wait_until(ACCOUNTS // 4, proc)
+    time.sleep(0.1)
+    assert proc.poll() is None, "the batch finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    status = f.ledger()
+    assert "running" in status.values(), status  # killed with accounts in flight
+    assert sum(s == "done" for s in status.values()) < ACCOUNTS
+
+    data = f.run_json("--jobs", "4")
+    resumed = [a for a in data["accounts"] if a["ran"]]
+    assert data["done"] == ACCOUNTS
+    assert len(resumed) == ACCOUNTS - sum(s == "done" for s in status.values())
+    f.assert_exactly_once()
+
+
+# -- 3. a real Dask scheduler and two workers ---------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class DaskCluster:
+    """`dask scheduler` and `dask worker` processes on 127.0.0.1 (``python -m dask``, the same
+    entry point as the `dask` command), stopped at the end."""
+
+    def __init__(self, directory: Path, env: dict[str, str]) -> None:
+        self.directory = directory
+        self.env = env
+        self.port = _free_port()
+        self.address = f"tcp://127.0.0.1:{self.port}"
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        log = open(self.directory / f"{name}.log", "wb")  # noqa: SIM115
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dask", *argv],
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.directory,
+        )
+        log.close()
+        self.procs[name] = proc
+        return proc
+
+    def start(self, workers: int = 2) -> None:
+        self._spawn(
+            "scheduler",
+            ["scheduler", "--host", "127.0.0.1", "--port", str(self.port), "--no-dashboard"],
+        )
+        for n in range(workers):
+            self._spawn(
+                f"worker{n}",
+                [
+                    "worker",
+                    self.address,
+                    "--name",
+                    f"worker{n}",
+                    "--nthreads",
+                    "2",
+                    "--no-nanny",
+                    "--no-dashboard",
+                    "--host",
+                    "127.0.0.1",
+                    "--death-timeout",
+                    "60",
+                    "--local-directory",
+                    str(self.directory / f"worker{n}"),
+                ],
+            )
+        self.wait_for_workers(workers)
+
+    def wait_for_workers(self, n: int, timeout: float = 60) -> None:
+        from distributed import Client
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with Client(self.address, timeout="5s") as client:
+                    client.wait_for_workers(n, timeout=max(1.0, deadline - time.monotonic()))
+                    return
+            except (OSError, TimeoutError):
+                time.sleep(0.2)
+        raise AssertionError(f"no {n} Dask workers after {timeout}s: {self.logs()}")
+
+    def worker_addresses(self) -> list[str]:
+        from distributed import Client
+
+        with Client(self.address, timeout="5s") as client:
+            return list(client.scheduler_info()["workers"])
+
+    def name_of(self, address: str) -> str:
+        from distributed import Client
+
+        with Client(self.address, timeout="5s") as client:
+            return str(client.scheduler_info()["workers"][address]["name"])
+
+    def kill(self, name: str) -> None:
+        proc = self.procs[name]
+        proc.kill()
+        proc.wait(timeout=30)
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text(errors='replace')[-2000:]}"
+            for p in sorted(self.directory.glob("*.log"))
+        )
+
+    def close(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=15)
+
+
+def test_on_a_dask_cluster_secrets_stay_on_workers_and_a_dead_worker_loses_nothing(
+    fleet, dovecot_tmp
+):
+    count = 12
+    f = fleet(count, seed=2)
+    # The workers have the source passwords; the client that submits the batch does not.
+    worker_env = dict(f.env, PYTHONPATH=str(REPO))
+    client_env = {k: v for k, v in f.env.items() if not k.startswith("BATCH_SRC_PW_")}
+    cluster = DaskCluster(dovecot_tmp, worker_env)
+    try:
+        cluster.start(workers=2)
+        # A first batch of 4 accounts runs on both workers.
+        lines = f.manifest.read_text().splitlines()
+        first = f.manifest.with_name("first.csv")
+        first.write_text("\n".join(lines[:5]) + "\n")
+        result = subprocess.run(
+            batch_cmd(
+                str(first), "--state-dir", str(f.state), "--cluster", cluster.address, "--json"
+            ),
+            env=client_env,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=180,
+        )
+        assert result.returncode == 0, result.stderr + cluster.logs()
+        data = json.loads(result.stdout)
+        assert data["done"] == 4
+        assert {a["worker"] for a in data["accounts"]} == set(cluster.worker_addresses())
+
+        # The whole manifest, four accounts at a time; a worker dies half-way.
+        victim, survivor = cluster.worker_addresses()
+        victim_name = cluster.name_of(victim)
+        proc = f.start("--cluster", cluster.address, "--jobs", "4", "--json", env=client_env)
+        deadline = time.monotonic() + 120
+        lost: list[str] = []
+        while time.monotonic() < deadline and proc.poll() is None:
+            status, worker, since = f.ledger(), f.ledger("worker"), f.ledger("updated")
+            # an account the victim has only just started: it cannot finish before the kill
+            fresh = [
+                n
+                for n, s in status.items()
+                if s == "running" and worker[n] == victim and time.time() - since[n] < 0.3
+            ]
+            if fresh and sum(s == "done" for s in status.values()) >= 6:
+                cluster.kill(victim_name)
+                lost = [n for n, s in status.items() if s == "running" and worker[n] == victim]
+                break
+            time.sleep(0.01)
+        assert lost, f"no account started on {victim} after 6 were done: {f.ledger()}"
+        out, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, err.decode() + cluster.logs()
+        data = json.loads(out)
+        assert data["done"] == count and data["ran"] == count - 4
+        by_name = {a["name"]: a for a in data["accounts"]}
+        # what the dead worker was copying was finished by the other one (all but a freshly
+        # started one could have finished in the instant before the kill)
+        moved = [n for n in lost if by_name[n]["worker"] == survivor]
+        assert moved, [(n, by_name[n]["worker"], victim, survivor) for n in lost]
+        f.assert_exactly_once()
+    finally:
+        cluster.close()
+
+
+# -- 4. bad manifests ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "header, bad_row, needle",
+    [
+        (
+            "source,source_password_env,source_ca_file",
+            None,
+            "line 1 (the header): missing column target",
+        ),
+        (COLUMNS, "x,gmailx:bob@example.com,{dst},P,{pw},,", "line 3, column source: unknown "),
+        (COLUMNS + ",password", None, "line 1 (the header), column password: a secret written"),
+        (COLUMNS, "again,{src},{dst},P,{pw},,", "line 3, columns source and target: duplicate"),
+    ],
+)
+def test_a_bad_manifest_says_so_in_one_line_and_starts_nothing(
+    account, dovecot_source, dovecot_target, dovecot_tmp, tls_files, header, bad_row, needle
+):
+    src, dst = account(dovecot_source), account(dovecot_target)
+    seed_imap(src.client(), make_corpus(9, 5), "/")
+    pw = dovecot_tmp / "pw"
+    pw.write_text(dst.password + "\n")
+    ca = tls_files.ca_file
+    good = f"ok,{src.url('imaps')},{dst.url('imaps')},P,{pw},{ca},{ca}"
+    if header == COLUMNS + ",password":
+        good += ",hunter2"
+    rows = [header, good]
+    if bad_row:
+        rows.append(bad_row.format(src=src.url("imaps"), dst=dst.url("imaps"), pw=pw))
+    manifest = dovecot_tmp / "bad.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    state = dovecot_tmp / "state"
+    result = subprocess.run(
+        batch_cmd(str(manifest), "--state-dir", str(state)),
+        env=base_env(P=src.password),
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("migrator: error: bad.csv ") and needle in lines[0], lines[0]
+    assert "hunter2" not in result.stderr and "Traceback" not in result.stderr
+    assert not result.stdout and not state.exists()  # nothing started
+    assert snapshot_imap(dst.client(), include_empty=False) == {}
