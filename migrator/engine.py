@@ -48,7 +48,7 @@ class CopyOptions:
     #: Flags added to every copied message (--flags seen: a POP client had read everything).
     add_flags: frozenset[str] = frozenset()
     #: Bytes and messages per append batch (and per journal transaction).
-    batch_bytes: int = 8 * 1024 * 1024
+    batch_bytes: int = 2 * 1024 * 1024
     batch_count: int = 400
     #: Smallest fetch or append chunk after connections kept dropping mid-batch (see _Pace).
     min_batch_bytes: int = 64 * 1024
@@ -446,9 +446,15 @@ class Engine:
         selected_ids: set[str] | None = None
         if listing.validity != validity:
             listing.validity, listing.refs = validity, {}
+        # Identity keys are needed before fetching only when the target must be compared; on a
+        # first copy into an empty folder they are derived from the fetched bytes instead.
+        present = None if reconciled else self._present(target, plan)
+        keys = present is not None and (
+            any(n > 0 for n in present.values()) or bool(journal.pending(src, validity, dst))
+        )
         # Deleting needs the selection among copied messages too, so it lists everything.
         known = set(listing.refs) if options.delete_source else set(listing.refs) | done
-        for ref in source.list_messages(src, skip=known):
+        for ref in source.list_messages(src, skip=known, keys=keys):
             listing.refs[ref.id] = ref
         if options.delete_source:
             listed = list(listing.refs.values())
@@ -462,8 +468,8 @@ class Engine:
         # Messages this run copied before a reconnect are in `done` now: not "already there".
         stats.skipped = max(0, already - stats.copied)
         journal.set_selected(src, dst, already + len(refs))
-        if refs and not reconciled:
-            refs = self._reconcile(target, plan, validity, refs, stats, pace)
+        if refs and keys:
+            refs = self._reconcile(target, plan, validity, refs, stats, pace, present)
         elif not reconciled:
             journal.reconcile(src, validity, dst, [])
         limit, origin = self._size_limit(target)
@@ -555,6 +561,7 @@ class Engine:
         refs: list[MessageRef],
         stats: FolderStats,
         pace: _Pace,
+        present: Counter[str] | None = None,
     ) -> list[MessageRef]:
         """Leave out what the target already holds, beyond the copies the journal accounts for.
 
@@ -566,7 +573,8 @@ class Engine:
         the start of this run for a rerun after a crash: the crash came before it), rather than
         copying them a second time."""
         src = plan.source.path
-        present = self._present(target, plan)
+        if present is None:
+            present = self._present(target, plan)
         window = target.late_append_window
         if window > 0:
             doubt = self.journal.pending(src, validity, plan.target)
@@ -721,7 +729,11 @@ class Engine:
         before and committed after, so a connection lost in one part keeps the parts before."""
         src, dst = plan.source.path, plan.target
         unreadable = [(ref, str(data)) for ref, data in batch if isinstance(data, MessageError)]
-        good = [(ref, data) for ref, data in batch if isinstance(data, bytes)]
+        good = [
+            (ref if ref.key else replace(ref, key=message_key(data, ref.size)), data)
+            for ref, data in batch
+            if isinstance(data, bytes)
+        ]
         changed: dict[str, tuple[str, ...]] = {}
         if self.options.rules.active:
             ruled = [self._apply_rules(ref, data) for ref, data in good]

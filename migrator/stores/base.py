@@ -67,9 +67,13 @@ class Source(Store):
     def open_folder(self, path: FolderPath) -> FolderState:
         raise NotImplementedError
 
-    def list_messages(self, path: FolderPath, skip: Container[str] = ()) -> Iterator[MessageRef]:
+    def list_messages(
+        self, path: FolderPath, skip: Container[str] = (), keys: bool = True
+    ) -> Iterator[MessageRef]:
         """Describe the messages of an opened folder, leaving out ids in ``skip`` as cheaply as the
-        protocol allows (the journal's done set: a rerun with nothing to do fetches no metadata)."""
+        protocol allows (the journal's done set: a rerun with nothing to do fetches no metadata).
+        With ``keys`` False a store may leave MessageRef.key empty when computing it costs extra
+        (IMAP: a header fetch per message); the engine then derives it from the fetched bytes."""
         raise NotImplementedError
 
     def fetch(

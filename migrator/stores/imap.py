@@ -45,10 +45,11 @@ _KEY_HEADERS = "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID DATE FROM TO SUBJECT)]"
 _KEY_RESPONSE = b"BODY[HEADER.FIELDS (MESSAGE-ID DATE FROM TO SUBJECT)]"
 _APPENDUID = re.compile(rb"\[APPENDUID (\d+) ([0-9:,]+)\]", re.IGNORECASE)
 
-#: Metadata FETCH batch: large enough to amortise the round trip, small enough for line limits,
-#: and about 100 kB of answer, so a listing cut off by a flaky link keeps what it got (the engine
-#: goes on from there after reconnecting).
-META_BATCH = 250
+#: Metadata FETCH batch: large enough to amortise the round trip, small enough for line limits.
+#: A listing cut off by a flaky link keeps what it got (the engine goes on from there after
+#: reconnecting), and the store asks for less at a time from then on, down to META_BATCH_MIN.
+META_BATCH = 2000
+META_BATCH_MIN = 100
 #: Body FETCH / APPEND batch limits: bytes in flight per batch, and messages per command.
 BODY_BATCH_BYTES = 2 * 1024 * 1024
 BODY_BATCH_COUNT = 400
@@ -136,6 +137,9 @@ class ImapStore(Source, Target):
         self._caps: frozenset[str] = frozenset()
         self._selected: tuple[str, bool] | None = None
         self._existing: set[FolderPath] = set()
+        #: UIDs per metadata FETCH; shrinks after a connection lost mid-listing (kept across
+        #: reconnects: the same store object reconnects).
+        self._meta_batch = META_BATCH
         self.delimiter: str | None = None
         self.max_message_size: int | None = None
         #: Filled at connect, for `check` and the report.
@@ -409,23 +413,34 @@ class ImapStore(Source, Target):
         with self._talk("UID SEARCH"):
             return sorted(self._c.search("ALL"))
 
-    def list_messages(self, path: FolderPath, skip: Container[str] = ()) -> Iterator[MessageRef]:
+    def list_messages(
+        self, path: FolderPath, skip: Container[str] = (), keys: bool = True
+    ) -> Iterator[MessageRef]:
         gm = self._gmail_map(path) if self._gmail else None
         if gm is not None:
             uids = [u for u in sorted(gm) if gm[u] not in skip]
         else:
             uids = [u for u in self._all_uids(path) if str(u) not in skip]
-        for start in range(0, len(uids), META_BATCH):
-            chunk = uids[start : start + META_BATCH]
-            with self._talk("UID FETCH"):
-                data = self._fetch(
-                    uid_set(chunk), "(RFC822.SIZE FLAGS INTERNALDATE " + _KEY_HEADERS + ")"
-                )
+        # The header fields cost the server a read of every message; sizes, flags and dates
+        # come from its index.
+        items = "(RFC822.SIZE FLAGS INTERNALDATE" + (" " + _KEY_HEADERS if keys else "") + ")"
+        start = 0
+        while start < len(uids):
+            chunk = uids[start : start + self._meta_batch]
+            try:
+                with self._talk("UID FETCH"):
+                    data = self._fetch(uid_set(chunk), items)
+            except StoreError as exc:
+                if exc.transient:  # a link that breaks mid-answer: ask for less next time
+                    self._meta_batch = max(META_BATCH_MIN, self._meta_batch // 8)
+                raise
+            self._meta_batch = min(META_BATCH, self._meta_batch * 2)
+            start += len(chunk)
             for uid in chunk:
                 item = data.get(uid)
                 if item is None:  # expunged meanwhile
                     continue
-                ref = self._ref(uid, item)
+                ref = self._ref(uid, item, keys)
                 yield replace(ref, id=gm[uid]) if gm is not None else ref
 
     def _fetch(self, uids: str, items: str) -> dict[int, dict[bytes, Any]]:
@@ -439,7 +454,7 @@ class ImapStore(Source, Target):
         typ, data = imap._untagged_response(typ, data, "FETCH")
         return parse_fetch_response(data, False, True)  # type: ignore[no-any-return]
 
-    def _ref(self, uid: int, item: dict[bytes, Any]) -> MessageRef:
+    def _ref(self, uid: int, item: dict[bytes, Any], keys: bool = True) -> MessageRef:
         size = int(item.get(b"RFC822.SIZE", 0))
         flags = frozenset(
             f.decode() if isinstance(f, bytes) else str(f) for f in item.get(b"FLAGS", ())
@@ -451,7 +466,7 @@ class ImapStore(Source, Target):
             size=size,
             flags=flags - UNCOPIED_FLAGS,
             date=date if isinstance(date, datetime) else None,
-            key=message_key(header, size),
+            key=message_key(header, size) if keys else "",
         )
 
     def fetch(

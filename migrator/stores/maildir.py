@@ -196,7 +196,9 @@ class MaildirStore(Source, Target):
         folder = self._existing(path)
         return FolderState(VALIDITY, sum(1 for _ in self._files(folder)))
 
-    def list_messages(self, path: FolderPath, skip: Container[str] = ()) -> Iterator[MessageRef]:
+    def list_messages(
+        self, path: FolderPath, skip: Container[str] = (), keys: bool = True
+    ) -> Iterator[MessageRef]:
         folder = self._existing(path)
         letters = read_keywords(folder)
         return (

@@ -582,7 +582,9 @@ class MboxStore(Source, Target):
         self._listings[file] = _Listing(_signature(file), refs)
         return FolderState(VALIDITY, len(refs))
 
-    def list_messages(self, path: FolderPath, skip: Container[str] = ()) -> Iterator[MessageRef]:
+    def list_messages(
+        self, path: FolderPath, skip: Container[str] = (), keys: bool = True
+    ) -> Iterator[MessageRef]:
         file = self._readable(path)
         listing = self._listings.pop(file, None)
         if listing is not None and listing.signature == _signature(file):

@@ -629,7 +629,9 @@ class Pop3Store(Source):
         session = self._ensure()
         return FolderState("pop3-headers" if self.weak_ids else "pop3", len(session.order))
 
-    def list_messages(self, path: FolderPath, skip: Container[str] = ()) -> Iterator[MessageRef]:
+    def list_messages(
+        self, path: FolderPath, skip: Container[str] = (), keys: bool = True
+    ) -> Iterator[MessageRef]:
         """Messages in server order, those in ``skip`` left out before any TOP. No answer is left
         unread between two yields, so the engine may fetch or delete while it lists."""
         self._check(path)

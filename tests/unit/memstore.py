@@ -91,12 +91,15 @@ class MemoryStore(Source, Target):
         box = self.boxes[path]
         return FolderState(str(box.validity), len(box.messages))
 
-    def list_messages(self, path: FolderPath, skip: Container[str] = ()) -> Iterator[MessageRef]:
+    def list_messages(
+        self, path: FolderPath, skip: Container[str] = (), keys: bool = True
+    ) -> Iterator[MessageRef]:
         for m in self.boxes[path].messages:
             if str(m.uid) in skip:
                 continue
             size = crlf_size(m.data)
-            yield MessageRef(str(m.uid), size, m.flags, m.date, message_key(m.data, size))
+            key = message_key(m.data, size) if keys else ""
+            yield MessageRef(str(m.uid), size, m.flags, m.date, key)
 
     def fetch(
         self, path: FolderPath, refs: Sequence[MessageRef]
