@@ -1,26 +1,32 @@
-"""One copy job, from plain data to a finished run: what `migrator copy` and every account of
-`migrator batch` do.
+"""One account, from what the user typed to a finished run: how `copy`, `verify`, `folders` and
+`check` reach an endpoint (its provider profile, its login, its TLS), what a profile changes in a
+copy, and the copy itself, for `migrator copy` and for every account of `migrator batch`.
 
 A :class:`CopyJob` holds only strings, numbers and tuples, and a :class:`SecretRecipe` says where a
-password is found, never the password: both can be pickled and sent to a Dask worker, which turns
-the recipe into a secret only there (``run_job``). ``run_copy`` is the journal's lifecycle around
-one engine run, shared with the CLI's ``copy``.
+password or an OAuth2 token is found, never the secret: both can be pickled and sent to a Dask
+worker, which turns the recipe into a secret only there (``run_job``). ``run_copy`` is the
+journal's lifecycle around one engine run, shared with the CLI's ``copy``.
+
+Library code: nothing here prints, exits or reads the environment. The caller passes the
+environment in (the CLI its own ``os.environ``), and warnings come back as notices to show. The one
+exception is :func:`recipe_env`, which reads the variable a manifest row names, on the worker.
 """
 
 from __future__ import annotations
 
-import functools
+import hashlib
 import os
 import re
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from migrator.checkpoint import Journal
-from migrator.credentials import SecretSources, env_name, secret_provider
+from migrator.credentials import SecretSources, choose_login, env_name, secret_provider
 from migrator.endpoints import (
     AccessOptions,
     Endpoint,
@@ -28,11 +34,15 @@ from migrator.endpoints import (
     ServerEndpoint,
     open_store,
     parse_endpoint,
+    resolve_profile,
 )
 from migrator.engine import CopyOptions, Engine, Reporter, RunSummary
 from migrator.errors import ConfigError
 from migrator.filters import MessageFilter, parse_age, parse_date, parse_size
 from migrator.folders import FolderMap
+from migrator.profiles import Profile, ProfileCatalog, folder_adjustments, load_catalog
+from migrator.ratelimit import ByteBudgets, DailyBudget, TokenBucket
+from migrator.rules import MessageRules
 from migrator.stores.base import Source, Target
 
 SYSTEM_FLAGS = {
@@ -46,17 +56,20 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 @dataclass(frozen=True)
 class SecretRecipe:
-    """How one side's password is found, first found wins as for `copy`: the environment
-    variable named ``env``, the file ``file``, the output of ``cmd``, the system keyring."""
+    """How one side logs in, first found wins as for `copy`: an OAuth2 access token printed by
+    ``oauth2_token_cmd``; a password from the environment variable named ``env``, the file
+    ``file``, the output of ``cmd``; the sign-in `migrator auth login` stored; the system
+    keyring."""
 
     env: str | None = None
     file: str | None = None
     cmd: str | None = None
     keyring: bool = False
+    oauth2_token_cmd: str | None = None
 
     @property
     def given(self) -> bool:
-        return bool(self.env or self.file or self.cmd or self.keyring)
+        return bool(self.env or self.file or self.cmd or self.keyring or self.oauth2_token_cmd)
 
 
 @dataclass(frozen=True)
@@ -112,18 +125,40 @@ class RunSettings:
 
 # -- values users type ------------------------------------------------------------------------
 
+#: How an error names the value it is about: a manifest's column (``max_size``), or a command
+#: line option (``--max-size``, with :func:`option_label`).
+Label = Callable[[str], str]
 
-def parse_renames(items: tuple[str, ...] | list[str], what: str = "map") -> dict[str, str]:
+
+def column_label(key: str) -> str:
+    return key
+
+
+def option_label(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def parse_value(what: str, parser: Callable[[str], Any], value: str | None) -> Any:
+    if value is None:
+        return None
+    try:
+        return parser(value)
+    except ValueError as exc:
+        raise ConfigError(f"{what}: {exc}") from None
+
+
+def parse_renames(items: Sequence[str], what: str = "map") -> dict[str, str]:
     renames: dict[str, str] = {}
     for item in items:
         src, sep, dst = item.partition("=")
         if not sep or not src.strip() or not dst.strip():
-            raise ConfigError(f"{what} {item!r}: write SOURCE=TARGET")
+            form = f"{what} SOURCE=TARGET" if what.startswith("--") else "SOURCE=TARGET"
+            raise ConfigError(f"{what} {item!r}: write {form}")
         renames[src.strip()] = dst.strip()
     return renames
 
 
-def parse_flags(names: tuple[str, ...] | list[str], what: str = "flags") -> frozenset[str]:
+def parse_flags(names: Sequence[str], what: str = "flags") -> frozenset[str]:
     flags = set()
     for name in names:
         key = name.strip().lstrip("\\").lower()
@@ -136,37 +171,52 @@ def parse_flags(names: tuple[str, ...] | list[str], what: str = "flags") -> froz
     return frozenset(flags)
 
 
-def parse_value(what: str, parser: Callable[[str], object], value: str | None) -> object:
-    if value is None:
-        return None
-    try:
-        return parser(value)
-    except ValueError as exc:
-        raise ConfigError(f"{what}: {exc}") from None
+def folder_map(
+    folder: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    map_: Sequence[str] = (),
+    into: str | None = None,
+    to_folder: str | None = None,
+    label: Label = column_label,
+) -> FolderMap:
+    """The user's folder selection and renaming (--folder, --exclude, --map, --into,
+    --to-folder)."""
+    return FolderMap(
+        include=tuple(folder),
+        exclude=tuple(exclude),
+        renames=parse_renames(map_, label("map")),
+        into=into,
+        to_folder=to_folder,
+    )
 
 
-def message_filter(job: CopyJob) -> MessageFilter:
-    since = parse_value("since", parse_date, job.since)
-    before = parse_value("before", parse_date, job.before)
-    if job.older_than:
-        cutoff = datetime.now(UTC) - parse_value("older_than", parse_age, job.older_than)  # type: ignore[operator]
-        before = min(before, cutoff) if before else cutoff  # type: ignore[type-var]
-    size = parse_value("max_size", parse_size, job.max_size)
-    return MessageFilter(since=since, before=before, max_size=size)  # type: ignore[arg-type]
+def message_filter(
+    since: str | None = None,
+    before: str | None = None,
+    older_than: str | None = None,
+    max_size: str | None = None,
+    label: Label = column_label,
+) -> MessageFilter:
+    """Which messages go, by date and size (--since, --before, --older-than, --max-size)."""
+    since_d = parse_value(label("since"), parse_date, since)
+    before_d = parse_value(label("before"), parse_date, before)
+    if older_than:
+        cutoff = datetime.now(UTC) - parse_value(label("older_than"), parse_age, older_than)
+        before_d = min(before_d, cutoff) if before_d else cutoff
+    size = parse_value(label("max_size"), parse_size, max_size)
+    return MessageFilter(since=since_d, before=before_d, max_size=size)
 
 
-def copy_options(job: CopyJob, settings: RunSettings) -> CopyOptions:
+def copy_options(
+    job: CopyJob, settings: RunSettings, *, dry_run: bool = False, label: Label = column_label
+) -> CopyOptions:
+    """The engine's options for a job, before its provider profiles (:func:`apply_profiles`)."""
     return CopyOptions(
-        folder_map=FolderMap(
-            include=job.folder,
-            exclude=job.exclude,
-            renames=parse_renames(job.map),
-            into=job.into,
-            to_folder=job.to_folder,
-        ),
-        message_filter=message_filter(job),
+        folder_map=folder_map(job.folder, job.exclude, job.map, job.into, job.to_folder, label),
+        message_filter=message_filter(job.since, job.before, job.older_than, job.max_size, label),
         delete_source=job.delete_source,
-        add_flags=parse_flags(job.flags),
+        dry_run=dry_run,
+        add_flags=parse_flags(job.flags, label("flags")),
         workers=settings.workers,
         retries=settings.retries,
     )
@@ -176,36 +226,36 @@ def env_var_name_ok(name: str) -> bool:
     return bool(_ENV_NAME.fullmatch(name))
 
 
-# -- secrets, resolved where the job runs -----------------------------------------------------
+def default_state_path(source: Endpoint, target: Endpoint) -> Path:
+    """One journal per (source, target) pair under the user's state directory."""
+    from platformdirs import user_state_path
+
+    digest = hashlib.sha256(f"{source}\n{target}".encode()).hexdigest()[:16]
+    slug = re.sub(r"[^A-Za-z0-9@._-]+", "_", f"{source}--{target}")[:80]
+    return user_state_path("migrator") / "journals" / f"{slug}-{digest}.sqlite"
 
 
-#: A job from plain data does not apply a provider profile's folder rules, limits and OAuth2
-#: sign-in yet (`copy` does, in the CLI): refused rather than copied without them.
-PROFILES_NOT_YET = (
-    "{endpoint}: provider profiles are not supported in a batch yet; write the server as "
-    "imaps://USER@HOST (its connection limit still caps the accounts per host)"
-)
+# -- provider profiles ------------------------------------------------------------------------
 
 
-@functools.cache
-def _catalog() -> Any:
+def profile_catalog() -> ProfileCatalog:
+    """The shipped provider profiles and the user's own (~/.config/migrator/profiles/), read
+    afresh: a caller that looks up many (a manifest's rows) keeps the one it got."""
     from platformdirs import user_config_path
-
-    from migrator.profiles import load_catalog
 
     return load_catalog(user_config_path("migrator") / "profiles")
 
 
-def load_profile(name: str) -> Any:
+def load_profile(name: str) -> Profile:
     """A provider profile, shipped or the user's own; ConfigError names an unknown one."""
-    return _catalog().get(name)
+    return profile_catalog().get(name)
 
 
-def connection_limits() -> dict[str, int]:
+def connection_limits(catalog: ProfileCatalog | None = None) -> dict[str, int]:
     """Server host -> the connection limit of the provider profile serving it (IMAP and POP3
     hosts of every profile that names one). A user's broken profile file leaves it out."""
     limits: dict[str, int] = {}
-    catalog = _catalog()
+    catalog = catalog or profile_catalog()
     for name in catalog.names():
         try:
             profile = catalog.get(name)
@@ -219,55 +269,261 @@ def connection_limits() -> dict[str, int]:
     return limits
 
 
-def resolve_secret(
-    recipe: SecretRecipe, side: str, label: str, keyring_user: str
-) -> Callable[[], str]:
-    """The recipe turned into a password callable, in this process (a Dask worker runs this: a
-    secret never crosses the scheduler). Only the one variable the recipe names is read."""
-    env: dict[str, str] = {}
-    if recipe.env:
-        # The one place a library module reads the environment: the worker's own, for the
-        # variable the manifest names (never MIGRATOR_*_PASSWORD, which is one account's).
-        value = os.getenv(recipe.env)
-        if not value:
-            raise ConfigError(
-                f"{label}: the environment variable {recipe.env} named for the {side} "
-                "password is not set where this account runs"
-            )
-        env[env_name(side)] = value
-    sources = SecretSources(
-        side, Path(recipe.file).expanduser() if recipe.file else None, recipe.cmd
-    )
-    return secret_provider(
-        sources, label=label, keyring_user=keyring_user, env=env, interactive=False
-    )
+def resolve_endpoint(
+    text: str,
+    side: str,
+    profile_name: str | None = None,
+    catalog: ProfileCatalog | None = None,
+) -> tuple[Endpoint, Endpoint, Profile | None]:
+    """An endpoint as typed, what it reaches (a PROFILE:USER endpoint: the profile's IMAP server)
+    and its provider profile (PROFILE:USER, or ``profile_name``: --source-profile). Nothing is
+    opened or connected."""
+    endpoint = parse_endpoint(text)
+    profile = None
+    if isinstance(endpoint, ProfileEndpoint):
+        profile = (catalog or profile_catalog()).get(endpoint.profile)
+        return endpoint, resolve_profile(endpoint, profile, side), profile
+    if profile_name:
+        if not isinstance(endpoint, ServerEndpoint):
+            raise ConfigError(f"--{side}-profile: {endpoint} is not a server")
+        profile = (catalog or profile_catalog()).get(profile_name)
+    return endpoint, endpoint, profile
+
+
+def tls_notices(endpoint: Endpoint, server: Endpoint, insecure: bool = False) -> list[str]:
+    """Warnings about a server reached without TLS, or without checking its certificate."""
+    if not isinstance(server, ServerEndpoint):
+        return []
+    if server.tls == "none":
+        return [f"{endpoint}: no TLS; the password and mail cross the network in clear"]
+    if insecure:
+        return [f"{endpoint}: certificate checks are off (--insecure)"]
+    return []
+
+
+def profile_folders(
+    fm: FolderMap, source: Profile | None, target: Profile | None, all_mail: str | None = None
+) -> tuple[FolderMap, list[str]]:
+    """The folder map with the profiles' folders to skip (Gmail's All Mail, Important, Starred,
+    or All Mail alone with --all-mail) and the target's reserved names renamed; and the notices
+    saying so. A folder the user selected (``fm.include``) or renamed is left alone."""
+    adjust = folder_adjustments(source, target, list(fm.include), dict(fm.renames), all_mail)
+    if adjust.include or adjust.exclude or adjust.renames:
+        fm = FolderMap(
+            include=(*fm.include, *adjust.include),
+            exclude=(*fm.exclude, *adjust.exclude),
+            renames={**adjust.renames, **fm.renames},
+            into=fm.into,
+            to_folder=fm.to_folder,
+        )
+    return fm, list(adjust.notices)
+
+
+def apply_profiles(
+    options: CopyOptions,
+    src: Side,
+    dst: Side,
+    state_path: Path,
+    *,
+    all_mail: str | None = None,
+    max_bytes_per_second: str | None = None,
+    label: Label = column_label,
+) -> list[str]:
+    """What the two sides' provider profiles change in a copy: label folders skipped (or All Mail
+    alone), reserved names renamed, the target's size limit and message rules, rates, connections
+    and daily byte budgets (counting what earlier runs in the journal at ``state_path`` moved).
+    Changes ``options``; returns the notices to show."""
+    sp, tp = src.profile, dst.profile
+    options.folder_map, notices = profile_folders(options.folder_map, sp, tp, all_mail)
+    profiles = [p for p in (sp, tp) if p is not None]
+    if tp is not None:
+        if tp.limits.max_message_size:
+            options.size_limit = tp.limits.max_message_size
+            options.size_limit_origin = f"profile {tp.name}"
+        fold = tp.limits.max_line_length if tp.rules.fold_long_lines else None
+        options.rules = MessageRules(tp.rules.bare_lf, tp.rules.final_crlf, fold, tp.rules.nul)
+    rates = [p.limits.bytes_per_second for p in profiles if p.limits.bytes_per_second]
+    if max_bytes_per_second:
+        rates.append(parse_value(label("max_bytes_per_second"), parse_size, max_bytes_per_second))
+    if rates:
+        options.byte_rate = TokenBucket(min(rates))
+    per_second = [p.limits.messages_per_second for p in profiles if p.limits.messages_per_second]
+    if per_second:
+        options.message_rate = TokenBucket(min(per_second), burst=max(1.0, min(per_second)))
+    caps = [(p.limits.connections, p.name) for p in profiles if p.limits.connections]
+    if caps and options.workers > min(caps)[0]:
+        options.workers = min(caps)[0]
+        notices.append(f"--workers lowered to {options.workers}: profile {min(caps)[1]}'s limit")
+    wanted = [
+        (sp.limits.download_bytes_per_day if sp else None, f"download from {src.endpoint}"),
+        (tp.limits.upload_bytes_per_day if tp else None, f"upload to {dst.endpoint}"),
+    ]
+    if any(limit for limit, _ in wanted):
+        history: list[tuple[float, int]] = []
+        if state_path.exists():
+            earlier = Journal.in_memory(state_path)
+            history = [(row[1], row[7]) for row in earlier.runs()]
+            earlier.close()
+        now = time.time()
+        options.budgets = ByteBudgets(
+            DailyBudget(limit, what, history, now) for limit, what in wanted if limit
+        )
+    return notices
+
+
+# -- reaching an endpoint ---------------------------------------------------------------------
+
+
+@dataclass
+class Side:
+    """How to reach one endpoint: what the user typed, turned into a store factory."""
+
+    endpoint: Endpoint
+    access: AccessOptions | None
+    role: str
+    #: The provider profile (PROFILE:USER, or --source-profile / --target-profile).
+    profile: Profile | None = None
+    #: What is actually reached: the profile's server for PROFILE:USER, else ``endpoint``.
+    server: Endpoint | None = None
+    #: Warnings for the user (no TLS, --insecure), to show before anything else happens.
+    notices: tuple[str, ...] = ()
+
+    def store(self) -> Any:
+        return open_store(self.endpoint, self.access, self.role)
+
+    def check_secret(self) -> None:
+        if self.access is not None:
+            self.access.secret()
 
 
 def open_side(
     text: str,
     role: str,
+    env: Mapping[str, str],
+    *,
+    side: str | None = None,
+    password_file: Path | None = None,
+    password_cmd: str | None = None,
+    oauth2_token_cmd: str | None = None,
+    auth: str | None = None,
+    profile_name: str | None = None,
+    ca_file: Path | None = None,
+    insecure: bool = False,
+    timeout: float = 60.0,
+    interactive: bool = False,
+    catalog: ProfileCatalog | None = None,
+) -> Side:
+    """Parse an endpoint, bring its provider profile, choose how it logs in (OAuth2 or a
+    password) and check that it can serve as ``role``, all before any connection; the secret
+    itself is asked for by :meth:`Side.check_secret`, so a prompt comes first.
+
+    ``side`` ("source" or "target"; ``role`` by default) says whose options and variables apply:
+    `verify` reads its target as a source. ``env`` is where MIGRATOR_SOURCE_PASSWORD and
+    MIGRATOR_SOURCE_OAUTH2_TOKEN (or TARGET) are looked up: the CLI passes ``os.environ``."""
+    side = side or role
+    endpoint, server, profile = resolve_endpoint(text, side, profile_name, catalog)
+    access = None
+    if isinstance(server, ServerEndpoint):
+        stored = None
+        sign_in = ""
+        if profile is not None and profile.oauth2_capable:
+            from migrator.oauth import KeyringStore, RefreshingToken, has_login, store_key
+
+            key = store_key(profile.name, server.user)
+            sign_in = f"migrator auth login {key} --client-id ID"
+            if has_login(KeyringStore(), key):
+                stored = RefreshingToken(KeyringStore(), key, str(endpoint))
+        login = choose_login(
+            SecretSources(side, password_file, password_cmd),
+            label=str(endpoint),
+            keyring_user=f"{server.user}@{server.host}",
+            env=env,
+            interactive=interactive,
+            token_cmd=oauth2_token_cmd,
+            auth=auth,
+            stored_token=stored,
+            oauth_mechanism=profile.oauth2_mechanism if profile else "xoauth2",
+            password_mechanism=(
+                profile.mechanism
+                if profile and profile.mechanism in ("plain", "login")
+                else "password"
+            ),
+            oauth_only=bool(profile and profile.auth_methods == ("oauth2",)),
+            sign_in=sign_in,
+        )
+        access = AccessOptions(
+            secret=login.secret,
+            ca_file=ca_file,
+            insecure=insecure,
+            timeout=timeout,
+            auth=login.auth,
+            profile=profile,
+        )
+    open_store(endpoint, access, role)  # an unsupported endpoint fails here, before anything
+    notices = tuple(tls_notices(endpoint, server, insecure))
+    return Side(endpoint, access, role, profile, server, notices)
+
+
+# -- secrets, resolved where the job runs -----------------------------------------------------
+
+
+def recipe_env(recipe: SecretRecipe, side: str, label: str) -> dict[str, str]:
+    """The environment a job's side logs in with: only the variable its recipe names, read here
+    (a Dask worker: a secret never crosses the scheduler), as MIGRATOR_SOURCE_PASSWORD would be
+    for `copy`. The process's own MIGRATOR_*_PASSWORD and MIGRATOR_*_OAUTH2_TOKEN belong to a
+    single `copy`, never to every account of a batch."""
+    if not recipe.env:
+        return {}
+    # The one place a library module reads the environment (tests/unit/test_layering.py).
+    value = os.getenv(recipe.env)
+    if not value:
+        raise ConfigError(
+            f"{label}: the environment variable {recipe.env} named for the {side} "
+            "password is not set where this account runs"
+        )
+    return {env_name(side): value}
+
+
+def resolve_secret(
+    recipe: SecretRecipe, side: str, label: str, keyring_user: str
+) -> Callable[[], str]:
+    """The recipe's password alone, as a callable, in this process (no OAuth2, no profile)."""
+    sources = SecretSources(
+        side, Path(recipe.file).expanduser() if recipe.file else None, recipe.cmd
+    )
+    env = recipe_env(recipe, side, label)
+    return secret_provider(
+        sources, label=label, keyring_user=keyring_user, env=env, interactive=False
+    )
+
+
+def job_side(
+    text: str,
+    role: str,
     recipe: SecretRecipe,
     ca_file: str | None,
     timeout: float,
-) -> tuple[Endpoint, Callable[[], Source | Target]]:
-    """Parse an endpoint, find its secret (now: a missing one fails before any connection) and
-    return a factory of unconnected stores."""
+    catalog: ProfileCatalog | None = None,
+) -> Side:
+    """One side of a job, its secret found now from the recipe (a missing one fails before any
+    connection), non-interactively."""
     endpoint = parse_endpoint(text)
-    access = None
-    if isinstance(endpoint, ProfileEndpoint):
-        raise ConfigError(PROFILES_NOT_YET.format(endpoint=endpoint))
-    if isinstance(endpoint, ServerEndpoint):
-        secret = resolve_secret(recipe, role, str(endpoint), f"{endpoint.user}@{endpoint.host}")
-        secret()
-        access = AccessOptions(
-            secret=secret, ca_file=Path(ca_file).expanduser() if ca_file else None, timeout=timeout
-        )
-    open_store(endpoint, access, role)  # an unsupported endpoint fails here, before anything
-
-    def factory() -> Source | Target:
-        return open_store(endpoint, access, role)
-
-    return endpoint, factory
+    env: dict[str, str] = {}
+    if isinstance(endpoint, ServerEndpoint | ProfileEndpoint):
+        env = recipe_env(recipe, role, str(endpoint))
+    side = open_side(
+        text,
+        role,
+        env,
+        password_file=Path(recipe.file).expanduser() if recipe.file else None,
+        password_cmd=recipe.cmd,
+        oauth2_token_cmd=recipe.oauth2_token_cmd,
+        ca_file=Path(ca_file).expanduser() if ca_file else None,
+        timeout=timeout,
+        catalog=catalog,
+    )
+    side.check_secret()
+    return side
 
 
 # -- running ----------------------------------------------------------------------------------
@@ -308,20 +564,26 @@ def run_job(
     reporter: Reporter | None = None,
     stop: threading.Event | None = None,
 ) -> RunSummary:
-    """Run one account's copy here: options parsed, secrets resolved from their recipes,
-    endpoints opened, the journal at ``state_path``."""
+    """Run one account's copy here, as `copy` would: options parsed, secrets resolved from their
+    recipes, endpoints opened, the provider profiles applied, the journal at ``state_path``. The
+    profiles' notices go to ``reporter``."""
     options = copy_options(job, settings)
-    src, open_source = open_side(
-        job.source, "source", job.source_secret, job.source_ca_file, settings.timeout
+    catalog = profile_catalog()
+    src = job_side(
+        job.source, "source", job.source_secret, job.source_ca_file, settings.timeout, catalog
     )
-    dst, open_target = open_side(
-        job.target, "target", job.target_secret, job.target_ca_file, settings.timeout
+    dst = job_side(
+        job.target, "target", job.target_secret, job.target_ca_file, settings.timeout, catalog
     )
+    notices = apply_profiles(options, src, dst, state_path)
+    if reporter is not None:
+        for text in notices:
+            reporter.notice(text)
     return run_copy(
-        open_source,  # type: ignore[arg-type]
-        open_target,  # type: ignore[arg-type]
-        str(src),
-        str(dst),
+        src.store,
+        dst.store,
+        str(src.endpoint),
+        str(dst.endpoint),
         state_path,
         options,
         reporter,

@@ -1,9 +1,10 @@
 """Many accounts: a manifest, checked whole before anything starts, run concurrently on Dask.
 
 The manifest (CSV with a header, or TOML with ``[[account]]`` tables) has one row per account:
-its source and target, where each side's password is found (an environment variable's name, a
-file, a command, the keyring; never the password) and the account's `copy` options. Every row is
-checked before the first account starts; each problem is one line naming the row and column.
+its source and target (``PROFILE:USER`` too), where each side's password or OAuth2 token is found
+(an environment variable's name, a file, a command, the keyring; never the secret) and the
+account's `copy` options. Every row is checked before the first account starts; each problem is
+one line naming the row and column.
 
 Each account runs as one task (:func:`run_account`) on a Dask cluster, in-process by default
 (``LocalCluster(processes=False)``) or a real one (``--cluster tcp://HOST:8786``), through the same
@@ -45,16 +46,17 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from migrator.account import (
-    PROFILES_NOT_YET,
     CopyJob,
     RunSettings,
     SecretRecipe,
     connection_limits,
     env_var_name_ok,
-    load_profile,
     parse_flags,
     parse_renames,
+    profile_catalog,
+    resolve_endpoint,
     run_job,
+    tls_notices,
 )
 from migrator.endpoints import (
     AccessOptions,
@@ -62,11 +64,11 @@ from migrator.endpoints import (
     ProfileEndpoint,
     ServerEndpoint,
     open_store,
-    parse_endpoint,
 )
 from migrator.errors import ConfigError, ConnectError, MigratorError
 from migrator.filters import parse_age, parse_date, parse_size
 from migrator.folders import FolderPlan
+from migrator.profiles import ProfileCatalog
 
 #: Accounts at once on one server host, when neither --max-per-host nor a profile says.
 DEFAULT_PER_HOST = 4
@@ -86,7 +88,7 @@ COLUMNS: dict[str, str] = {
             ("password_env", TEXT),
             ("password_file", TEXT),
             ("password_cmd", TEXT),
-            ("token_cmd", TEXT),
+            ("oauth2_token_cmd", TEXT),
             ("keyring", BOOL),
             ("ca_file", TEXT),
         )
@@ -244,7 +246,7 @@ def _unknown_column(col: str) -> str:
         return (
             "a secret written in the manifest is refused; say where it is found instead: "
             f"{side}_password_env (an environment variable's name), {side}_password_file or "
-            f"{side}_password_cmd"
+            f"{side}_password_cmd; a token: {side}_oauth2_token_cmd"
         )
     return "unknown column; known columns: " + ", ".join(COLUMNS)
 
@@ -339,8 +341,9 @@ def check_rows(
     accounts: list[Account] = []
     by_pair: dict[tuple[str, str], str] = {}
     by_name: dict[str, str] = {}
+    catalog = profile_catalog()  # one for every row: PROFILE:USER endpoints
     for row in rows:
-        account = _check_row(row, len(accounts) + 1, problems, warnings, env)
+        account = _check_row(row, len(accounts) + 1, problems, warnings, env, catalog)
         if account is None:
             continue
         pair = (account.source, account.target)
@@ -379,6 +382,7 @@ def _check_row(
     problems: list[str],
     warnings: list[str],
     env: Mapping[str, str] | None,
+    catalog: ProfileCatalog | None = None,
 ) -> Account | None:
     before = len(problems)
     where = row.where
@@ -392,16 +396,14 @@ def _check_row(
             problems.append(f"{where}, column {side}: empty; every account needs a {side}")
             continue
         try:
-            endpoint = parse_endpoint(text)
-            if isinstance(endpoint, ServerEndpoint):
-                hosts.add(endpoint.host)
+            # PROFILE:USER reaches the profile's server (an unknown profile is named as such)
+            endpoint, server, _ = resolve_endpoint(text, side, catalog=catalog)
+            if isinstance(server, ServerEndpoint):
+                hosts.add(server.host)
                 # tls=none: the check need not load the trust store (70 ms an endpoint)
-                check: Endpoint = replace(endpoint, tls="none")
+                check: Endpoint = replace(server, tls="none")
             else:
-                check = endpoint
-            if isinstance(endpoint, ProfileEndpoint):
-                load_profile(endpoint.profile)  # an unknown profile is named as such
-                raise ConfigError(PROFILES_NOT_YET.format(endpoint=endpoint))
+                check = server
             open_store(check, AccessOptions(secret=_never), side)  # a role or kind not served
         except MigratorError as exc:
             problems.append(f"{where}, column {side}: {exc}")
@@ -409,26 +411,18 @@ def _check_row(
         endpoints[side] = endpoint
         recipe = _recipe(row, side, problems)
         ca_files[side] = _text(row, f"{side}_ca_file", problems)
-        token_cmd = _text(row, f"{side}_token_cmd", problems)
-        if isinstance(endpoint, ServerEndpoint | ProfileEndpoint):
-            if not recipe.given and not token_cmd and side not in row.refused:
+        if isinstance(server, ServerEndpoint):
+            if not recipe.given and side not in row.refused:
                 problems.append(
-                    f"{where}, column {side}_password_env: {endpoint} needs a password: name "
-                    f"its environment variable ({side}_password_env), a {side}_password_file, "
-                    f"a {side}_password_cmd, or set {side}_keyring"
+                    f"{where}, column {side}_password_env: {endpoint} needs a password or an "
+                    f"OAuth2 token: name its environment variable ({side}_password_env), a "
+                    f"{side}_password_file, a {side}_password_cmd, a {side}_oauth2_token_cmd, "
+                    f"or set {side}_keyring"
                 )
-            if isinstance(endpoint, ServerEndpoint) and endpoint.tls == "none":
-                warnings.append(
-                    f"{where}: {endpoint}: no TLS; the password and mail cross the network in clear"
-                )
+            warnings.extend(f"{where}: {notice}" for notice in tls_notices(endpoint, server))
             if env is not None:
                 _check_here(row, side, recipe, ca_files[side], env, problems)
         recipes[side] = recipe
-        if token_cmd:
-            problems.append(
-                f"{where}, column {side}_token_cmd: OAuth2 tokens are not supported yet; "
-                f"use a password ({side}_password_env, _file or _cmd)"
-            )
     job_values = _options(row, problems)
     if len(problems) > before or len(endpoints) < 2:
         return None
@@ -474,25 +468,32 @@ def _recipe(row: _Row, side: str, problems: list[str]) -> SecretRecipe:
         )
         row.refused.add(side)
         env = None
-    cmd = _text(row, f"{side}_password_cmd", problems)
+    return SecretRecipe(
+        env=env,
+        file=_text(row, f"{side}_password_file", problems),
+        cmd=_command(row, f"{side}_password_cmd", f"{side}_password_file", problems),
+        keyring=_bool(row, f"{side}_keyring", problems),
+        oauth2_token_cmd=_command(row, f"{side}_oauth2_token_cmd", None, problems),
+    )
+
+
+def _command(row: _Row, col: str, instead: str | None, problems: list[str]) -> str | None:
+    """A command printing a secret; one that prints a literal is a secret written inline."""
+    cmd = _text(row, col, problems)
     if cmd is not None:
         try:
             words = shlex.split(cmd)
         except ValueError:
             words = []
-            problems.append(f"{where}, column {side}_password_cmd: unbalanced quotes")
+            problems.append(f"{row.where}, column {col}: unbalanced quotes")
         if len(words) > 1 and Path(words[0]).name in ("echo", "printf"):
+            what = "password" if instead else "token"
             problems.append(
-                f"{where}, column {side}_password_cmd: a command that prints a literal is a "
-                "password written in the manifest; use a password manager's command, or "
-                f"{side}_password_file"
+                f"{row.where}, column {col}: a command that prints a literal is a {what} "
+                f"written in the manifest; use a password manager's command"
+                + (f", or {instead}" if instead else "")
             )
-    return SecretRecipe(
-        env=env,
-        file=_text(row, f"{side}_password_file", problems),
-        cmd=cmd,
-        keyring=_bool(row, f"{side}_keyring", problems),
-    )
+    return cmd
 
 
 def _check_here(

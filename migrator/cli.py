@@ -6,17 +6,14 @@ Heavy modules (imapclient, sqlite3, tqdm, the stores) are imported inside the co
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import re
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -26,9 +23,9 @@ from migrator import __version__
 from migrator.errors import ConfigError, ExitStatus, MigratorError
 
 if TYPE_CHECKING:
-    from migrator.endpoints import AccessOptions, Endpoint
+    from migrator.account import Side
     from migrator.engine import FolderStats
-    from migrator.folders import FolderMap, FolderPlan
+    from migrator.folders import FolderPlan
     from migrator.stores.base import Source, Target
 
 app = typer.Typer(
@@ -237,137 +234,15 @@ def _reporter(quiet: bool, json_output: bool, log_file: Path | None) -> LineRepo
 # -- building objects -----------------------------------------------------------------------
 
 
-def default_state_path(source: Endpoint, target: Endpoint) -> Path:
-    """One journal per (source, target) pair under the user's state directory."""
-    from platformdirs import user_state_path
+def _open_side(text: str, role: str, side: str | None = None, **how: Any) -> Side:
+    """The library's open_side with this process's environment and terminal; its warnings (no
+    TLS, --insecure) shown at once."""
+    from migrator.account import open_side
 
-    digest = hashlib.sha256(f"{source}\n{target}".encode()).hexdigest()[:16]
-    slug = re.sub(r"[^A-Za-z0-9@._-]+", "_", f"{source}--{target}")[:80]
-    return user_state_path("migrator") / "journals" / f"{slug}-{digest}.sqlite"
-
-
-@dataclass
-class Side:
-    """How to reach one endpoint: what the user typed, turned into a store factory."""
-
-    endpoint: Endpoint
-    access: AccessOptions | None
-    role: str
-    #: The provider profile (PROFILE:USER, or --source-profile / --target-profile).
-    profile: Any = None
-
-    def store(self) -> Any:
-        from migrator.endpoints import open_store
-
-        return open_store(self.endpoint, self.access, self.role)
-
-    def check_secret(self) -> None:
-        if self.access is not None:
-            self.access.secret()
-
-
-def _side(
-    text: str,
-    role: str,
-    side: str,
-    password_file: Path | None = None,
-    password_cmd: str | None = None,
-    ca_file: Path | None = None,
-    insecure: bool = False,
-    timeout: float = 60.0,
-    *,
-    oauth2_token_cmd: str | None = None,
-    profile_name: str | None = None,
-    auth: str | None = None,
-) -> Side:
-    """Parse an endpoint and find its secret (before any connection, so a prompt comes first).
-    A PROFILE:USER endpoint, or ``profile_name`` (--source-profile), brings a provider profile."""
-    from migrator.credentials import SecretSources, choose_login
-    from migrator.endpoints import (
-        AccessOptions,
-        ProfileEndpoint,
-        ServerEndpoint,
-        open_store,
-        parse_endpoint,
-        resolve_profile,
-    )
-    from migrator.oauth import KeyringStore, RefreshingToken, has_login, store_key
-
-    endpoint = parse_endpoint(text)
-    profile = None
-    if isinstance(endpoint, ProfileEndpoint):
-        profile = profile_catalog().get(endpoint.profile)
-    elif profile_name:
-        if not isinstance(endpoint, ServerEndpoint):
-            raise ConfigError(f"--{side}-profile: {endpoint} is not a server")
-        profile = profile_catalog().get(profile_name)
-    server = (
-        resolve_profile(endpoint, profile, side)
-        if profile and isinstance(endpoint, ProfileEndpoint)
-        else endpoint
-    )
-    access = None
-    if isinstance(server, ServerEndpoint):
-        if server.tls == "none":
-            _err(
-                f"migrator: warning: {endpoint}: no TLS; the password and mail cross the "
-                "network in clear"
-            )
-        elif insecure:
-            _err(f"migrator: warning: {endpoint}: certificate checks are off (--insecure)")
-        stored = None
-        sign_in = ""
-        if profile is not None and profile.oauth2_capable:
-            key = store_key(profile.name, server.user)
-            sign_in = f"migrator auth login {key} --client-id ID"
-            if has_login(KeyringStore(), key):
-                stored = RefreshingToken(KeyringStore(), key, str(endpoint))
-        login = choose_login(
-            SecretSources(side, password_file, password_cmd),
-            label=str(endpoint),
-            keyring_user=f"{server.user}@{server.host}",
-            env=os.environ,
-            interactive=sys.stdin.isatty(),
-            token_cmd=oauth2_token_cmd,
-            auth=auth,
-            stored_token=stored,
-            oauth_mechanism=profile.oauth2_mechanism if profile else "xoauth2",
-            password_mechanism=(
-                profile.mechanism
-                if profile and profile.mechanism in ("plain", "login")
-                else "password"
-            ),
-            oauth_only=bool(profile and profile.auth_methods == ("oauth2",)),
-            sign_in=sign_in,
-        )
-        access = AccessOptions(
-            secret=login.secret,
-            ca_file=ca_file,
-            insecure=insecure,
-            timeout=timeout,
-            auth=login.auth,
-            profile=profile,
-        )
-    open_store(endpoint, access, role)  # an unsupported endpoint fails here, before anything
-    return Side(endpoint, access, role, profile)
-
-
-def profile_catalog() -> Any:
-    """The shipped provider profiles and the user's own (~/.config/migrator/profiles/)."""
-    from platformdirs import user_config_path
-
-    from migrator.profiles import load_catalog
-
-    return load_catalog(user_config_path("migrator") / "profiles")
-
-
-def _parse(kind: str, parser: Callable[[str], Any], value: str | None) -> Any:
-    if value is None:
-        return None
-    try:
-        return parser(value)
-    except ValueError as exc:
-        raise ConfigError(f"{kind}: {exc}") from None
+    opened = open_side(text, role, os.environ, side=side, interactive=sys.stdin.isatty(), **how)
+    for notice in opened.notices:
+        _err(f"migrator: warning: {notice}")
+    return opened
 
 
 def _fail(exc: BaseException, debug: bool) -> NoReturn:
@@ -477,66 +352,11 @@ DstProfile = Annotated[
 ]
 
 
-def _folder_map(
-    folder: list[str] | None,
-    exclude: list[str] | None,
-    map_: list[str] | None,
-    into: str | None,
-    to_folder: str | None,
-) -> FolderMap:
-    from migrator.folders import FolderMap
-
-    renames: dict[str, str] = {}
-    for item in map_ or []:
-        src, sep, dst = item.partition("=")
-        if not sep or not src.strip() or not dst.strip():
-            raise ConfigError(f"--map {item!r}: write --map SOURCE=TARGET")
-        renames[src.strip()] = dst.strip()
-    return FolderMap(
-        include=folder or (),
-        exclude=exclude or (),
-        renames=renames,
-        into=into,
-        to_folder=to_folder,
-    )
-
-
-def _message_filter(
-    since: str | None, before: str | None, older_than: str | None, max_size: str | None
-) -> Any:
-    from datetime import UTC, datetime
-
-    from migrator.filters import MessageFilter, parse_age, parse_date, parse_size
-
-    since_d = _parse("--since", parse_date, since)
-    before_d = _parse("--before", parse_date, before)
-    if older_than:
-        cutoff = datetime.now(UTC) - _parse("--older-than", parse_age, older_than)
-        before_d = min(before_d, cutoff) if before_d else cutoff
-    return MessageFilter(
-        since=since_d, before=before_d, max_size=_parse("--max-size", parse_size, max_size)
-    )
-
-
-SYSTEM_FLAGS = {
-    "seen": "\\Seen",
-    "answered": "\\Answered",
-    "flagged": "\\Flagged",
-    "draft": "\\Draft",
-}
-
-
 def _flag_names(names: list[str]) -> frozenset[str]:
-    flags = set()
-    for name in names:
-        key = name.strip().lstrip("\\").lower()
-        if key in SYSTEM_FLAGS:
-            flags.add(SYSTEM_FLAGS[key])
-        elif re.fullmatch(r"[$A-Za-z0-9_.-]+", name.strip()):
-            flags.add(name.strip())
-        else:
-            raise ConfigError(f"--flags {name!r}: use seen, answered, flagged, draft or a keyword")
-    return frozenset(flags)
+    """--flags as the engine takes them (what `copy` does through copy_options)."""
+    from migrator.account import option_label, parse_flags
+
+    return parse_flags(names, option_label("flags"))
 
 
 # -- copy -----------------------------------------------------------------------------------
@@ -622,41 +442,54 @@ def copy(
     Example: migrator copy imaps://alice@old.example.org imaps://alice@new.example.org
     """
     with _errors(debug):
-        from migrator.account import run_copy
-        from migrator.engine import CopyOptions
+        from migrator.account import (
+            CopyJob,
+            RunSettings,
+            apply_profiles,
+            copy_options,
+            default_state_path,
+            option_label,
+            run_copy,
+        )
         from migrator.report import copy_json, copy_table
 
-        options = CopyOptions(
-            folder_map=_folder_map(folder, exclude, map_, into, to_folder),
-            message_filter=_message_filter(since, before, older_than, max_size),
+        job = CopyJob(
+            source,
+            target,
+            folder=tuple(folder or ()),
+            exclude=tuple(exclude or ()),
+            map=tuple(map_ or ()),
+            into=into,
+            to_folder=to_folder,
+            since=since,
+            before=before,
+            older_than=older_than,
+            max_size=max_size,
+            flags=tuple(flags or ()),
             delete_source=delete_source,
-            dry_run=dry_run,
-            add_flags=_flag_names(flags or []),
-            workers=workers,
-            retries=retries,
         )
-        src = _side(
+        settings = RunSettings(workers=workers, retries=retries, timeout=timeout)
+        options = copy_options(job, settings, dry_run=dry_run, label=option_label)
+        src = _open_side(
             source,
             "source",
-            "source",
-            source_password_file,
-            source_password_cmd,
-            source_ca_file,
-            insecure,
-            timeout,
+            password_file=source_password_file,
+            password_cmd=source_password_cmd,
+            ca_file=source_ca_file,
+            insecure=insecure,
+            timeout=timeout,
             oauth2_token_cmd=source_oauth2_token_cmd,
             profile_name=source_profile,
             auth=source_auth,
         )
-        dst = _side(
+        dst = _open_side(
             target,
             "target",
-            "target",
-            target_password_file,
-            target_password_cmd,
-            target_ca_file,
-            insecure,
-            timeout,
+            password_file=target_password_file,
+            password_cmd=target_password_cmd,
+            ca_file=target_ca_file,
+            insecure=insecure,
+            timeout=timeout,
             oauth2_token_cmd=target_oauth2_token_cmd,
             profile_name=target_profile,
             auth=target_auth,
@@ -664,8 +497,14 @@ def copy(
         src.check_secret()
         dst.check_secret()
         state_path = state or default_state_path(src.endpoint, dst.endpoint)
-        notices = _apply_profiles(
-            options, src, dst, folder, all_mail, max_bytes_per_second, state_path
+        notices = apply_profiles(
+            options,
+            src,
+            dst,
+            state_path,
+            all_mail=all_mail,
+            max_bytes_per_second=max_bytes_per_second,
+            label=option_label,
         )
         reporter = _reporter(quiet, json_output, log_file)
         for text in notices:
@@ -694,83 +533,6 @@ def copy(
         if summary.stopped:
             _err(f"migrator: stopped: {summary.stopped}")
         raise typer.Exit(int(ExitStatus.OK if summary.ok else ExitStatus.PARTIAL))
-
-
-def _profile_folders(
-    fm: FolderMap, src: Side, dst: Side, folder: list[str] | None, all_mail: str | None
-) -> tuple[FolderMap, list[str]]:
-    """The folder map with the profiles' folders to skip (Gmail's All Mail, Important, Starred,
-    or All Mail alone with --all-mail) and the target's reserved names renamed."""
-    from migrator.folders import FolderMap
-    from migrator.profiles import folder_adjustments
-
-    adjust = folder_adjustments(src.profile, dst.profile, folder or [], dict(fm.renames), all_mail)
-    if adjust.include or adjust.exclude or adjust.renames:
-        fm = FolderMap(
-            include=(*fm.include, *adjust.include),
-            exclude=(*fm.exclude, *adjust.exclude),
-            renames={**adjust.renames, **fm.renames},
-            into=fm.into,
-            to_folder=fm.to_folder,
-        )
-    return fm, list(adjust.notices)
-
-
-def _apply_profiles(
-    options: Any,
-    src: Side,
-    dst: Side,
-    folder: list[str] | None,
-    all_mail: str | None,
-    max_bytes_per_second: str | None,
-    state_path: Path,
-) -> list[str]:
-    """What the two sides' provider profiles change in a copy: label folders skipped (or All Mail
-    alone), reserved names renamed, the target's size limit and message rules, rates, connections
-    and daily byte budgets. Returns the notices to show."""
-    import time as _time
-
-    from migrator.checkpoint import Journal
-    from migrator.filters import parse_size
-    from migrator.ratelimit import ByteBudgets, DailyBudget, TokenBucket
-    from migrator.rules import MessageRules
-
-    sp, tp = src.profile, dst.profile
-    options.folder_map, notices = _profile_folders(options.folder_map, src, dst, folder, all_mail)
-    profiles = [p for p in (sp, tp) if p is not None]
-    if tp is not None:
-        if tp.limits.max_message_size:
-            options.size_limit = tp.limits.max_message_size
-            options.size_limit_origin = f"profile {tp.name}"
-        fold = tp.limits.max_line_length if tp.rules.fold_long_lines else None
-        options.rules = MessageRules(tp.rules.bare_lf, tp.rules.final_crlf, fold, tp.rules.nul)
-    rates = [p.limits.bytes_per_second for p in profiles if p.limits.bytes_per_second]
-    if max_bytes_per_second:
-        rates.append(_parse("--max-bytes-per-second", parse_size, max_bytes_per_second))
-    if rates:
-        options.byte_rate = TokenBucket(min(rates))
-    per_second = [p.limits.messages_per_second for p in profiles if p.limits.messages_per_second]
-    if per_second:
-        options.message_rate = TokenBucket(min(per_second), burst=max(1.0, min(per_second)))
-    caps = [(p.limits.connections, p.name) for p in profiles if p.limits.connections]
-    if caps and options.workers > min(caps)[0]:
-        options.workers = min(caps)[0]
-        notices.append(f"--workers lowered to {options.workers}: profile {min(caps)[1]}'s limit")
-    wanted = [
-        (sp.limits.download_bytes_per_day if sp else None, f"download from {src.endpoint}"),
-        (tp.limits.upload_bytes_per_day if tp else None, f"upload to {dst.endpoint}"),
-    ]
-    if any(limit for limit, _ in wanted):
-        history: list[tuple[float, int]] = []
-        if state_path.exists():
-            earlier = Journal.in_memory(state_path)
-            history = [(row[1], row[7]) for row in earlier.runs()]
-            earlier.close()
-        now = _time.time()
-        options.budgets = ByteBudgets(
-            DailyBudget(limit, label, history, now) for limit, label in wanted if limit
-        )
-    return notices
 
 
 # -- verify ---------------------------------------------------------------------------------
@@ -817,35 +579,40 @@ def verify(
     Example: migrator verify imaps://alice@old.example.org imaps://alice@new.example.org --list
     """
     with _errors(debug):
+        from migrator.account import folder_map as make_folder_map
+        from migrator.account import message_filter as make_message_filter
+        from migrator.account import option_label, profile_folders
         from migrator.report import verify_json, verify_table
         from migrator.verify import BY, summary
         from migrator.verify import verify as run_verify
 
         if by not in BY:
             raise ConfigError(f"--by {by!r}: use one of {', '.join(BY)}")
-        folder_map = _folder_map(folder, exclude, map_, into, to_folder)
-        message_filter = _message_filter(since, before, older_than, max_size)
-        src = _side(
+        folder_map = make_folder_map(
+            folder or (), exclude or (), map_ or (), into, to_folder, option_label
+        )
+        message_filter = make_message_filter(since, before, older_than, max_size, option_label)
+        src = _open_side(
             source,
             "source",
-            "source",
-            source_password_file,
-            source_password_cmd,
-            source_ca_file,
-            insecure,
-            timeout,
+            password_file=source_password_file,
+            password_cmd=source_password_cmd,
+            ca_file=source_ca_file,
+            insecure=insecure,
+            timeout=timeout,
         )
-        dst = _side(
+        # the target is read, as a source, with the target's options and variables
+        dst = _open_side(
             target,
             "source",
-            "target",
-            target_password_file,
-            target_password_cmd,
-            target_ca_file,
-            insecure,
-            timeout,
+            side="target",
+            password_file=target_password_file,
+            password_cmd=target_password_cmd,
+            ca_file=target_ca_file,
+            insecure=insecure,
+            timeout=timeout,
         )
-        folder_map = _profile_folders(folder_map, src, dst, folder, None)[0]
+        folder_map = profile_folders(folder_map, src.profile, dst.profile)[0]
         src.check_secret()
         dst.check_secret()
         with _connected(src.store()) as a, _connected(dst.store()) as b:
@@ -901,13 +668,23 @@ def folders(
     Example: migrator folders imaps://alice@mail.example.org --target maildir:/srv/alice
     """
     with _errors(debug):
+        from migrator.account import folder_map as make_folder_map
+        from migrator.account import option_label
         from migrator.folders import special_use
         from migrator.model import display_name
         from migrator.report import human_bytes, table
 
-        folder_map = _folder_map(folder, exclude, map_, into, to_folder)
-        src = _side(
-            endpoint, "source", "source", password_file, password_cmd, ca_file, insecure, timeout
+        folder_map = make_folder_map(
+            folder or (), exclude or (), map_ or (), into, to_folder, option_label
+        )
+        src = _open_side(
+            endpoint,
+            "source",
+            password_file=password_file,
+            password_cmd=password_cmd,
+            ca_file=ca_file,
+            insecure=insecure,
+            timeout=timeout,
         )
         src.check_secret()
         rows: list[dict[str, Any]] = []
@@ -915,15 +692,14 @@ def folders(
             listed = store.list_folders()
             targets: dict[Any, str] = {}
             if target is not None:
-                dst = _side(
+                dst = _open_side(
                     target,
                     "target",
-                    "target",
-                    target_password_file,
-                    target_password_cmd,
-                    target_ca_file,
-                    insecure,
-                    timeout,
+                    password_file=target_password_file,
+                    password_cmd=target_password_cmd,
+                    ca_file=target_ca_file,
+                    insecure=insecure,
+                    timeout=timeout,
                 )
                 dst.check_secret()
                 with _connected(dst.store()) as tstore:
@@ -986,6 +762,7 @@ def status(
     Example: migrator status imaps://alice@old.example.org imaps://alice@new.example.org
     """
     with _errors(debug):
+        from migrator.account import default_state_path
         from migrator.checkpoint import Journal
         from migrator.endpoints import parse_endpoint
         from migrator.report import status_data, status_text
@@ -1034,15 +811,14 @@ def check(
     Example: migrator check imaps://alice@mail.example.org
     """
     with _errors(debug):
-        side = _side(
+        side = _open_side(
             endpoint,
             "source",
-            "source",
-            password_file,
-            password_cmd,
-            ca_file,
-            insecure,
-            timeout,
+            password_file=password_file,
+            password_cmd=password_cmd,
+            ca_file=ca_file,
+            insecure=insecure,
+            timeout=timeout,
             oauth2_token_cmd=oauth2_token_cmd,
             profile_name=profile,
             auth=auth,
@@ -1077,6 +853,8 @@ def profiles_list(json_output: JsonOpt = False, debug: DebugOpt = False) -> None
     Example: migrator profiles list
     """
     with _errors(debug):
+        from migrator.account import profile_catalog
+
         catalog = profile_catalog()
         profiles = catalog.all()
         user_dir = catalog.directories[-1]
@@ -1118,6 +896,8 @@ def profiles_show(
     Example: migrator profiles show gmail
     """
     with _errors(debug):
+        from migrator.account import profile_catalog
+
         catalog = profile_catalog()
         profile = catalog.get(name)
         shipped = catalog.directories[0]
@@ -1189,6 +969,7 @@ def auth_login(
     with _errors(debug):
         import webbrowser
 
+        from migrator.account import profile_catalog
         from migrator.endpoints import ProfileEndpoint, parse_endpoint
         from migrator.oauth import (
             Client,
@@ -1450,8 +1231,9 @@ def batch(
 ) -> None:
     """Copy many accounts listed in a manifest, concurrently, here or on a Dask cluster.
 
-    Each row: source and target endpoints; where each side's password is found
-    (source_password_env / _file / _cmd, target_...; never the password); the options of `copy`
+    Each row: source and target endpoints (PROFILE:USER too); where each side's password or
+    token is found (source_password_env / _file / _cmd, source_oauth2_token_cmd, target_...; never
+    the secret); the options of `copy`
     (folder, exclude, map, into, to_folder, since, before, older_than, max_size, ...). Rerun the
     same command after an interruption: finished accounts are skipped, the others resume.
 

@@ -16,6 +16,7 @@ from migrator.account import (
     RunSettings,
     SecretRecipe,
     connection_limits,
+    job_side,
     load_profile,
     resolve_secret,
 )
@@ -43,6 +44,7 @@ from migrator.batch import (
     run_batch,
     write_report,
 )
+from migrator.endpoints import ServerEndpoint
 from migrator.errors import ConfigError
 
 SAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sample.mbox"
@@ -317,17 +319,66 @@ def test_a_provider_profiles_connection_limit_is_its_hosts_default():
     assert host_limits(7, known)("imap.gmail.com") == 7
 
 
-def test_profile_endpoints_are_named_not_yet_supported_and_unknown_ones_unknown(tmp_path):
+def test_profile_endpoints_are_taken_and_unknown_ones_named(tmp_path):
     path = write(
         tmp_path,
         "source,target,source_password_env,target_password_env\n"
         "gmail:alice@gmail.com,imaps://a@k,P,P\n"
         "nosuch:bob@example.com,imaps://b@k,P,P\n",
     )
-    first, second = problems(path)
-    assert first.startswith("accounts.csv line 2, column source: gmail:alice@gmail.com: provider")
-    assert "imaps://USER@HOST" in first
-    assert second.startswith("accounts.csv line 3, column source: unknown profile 'nosuch'")
+    (line,) = problems(path)
+    assert line.startswith("accounts.csv line 3, column source: unknown profile 'nosuch'")
+
+
+def test_a_gmail_row_validates_and_resolves_to_imap_gmail_com_without_connecting(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr("migrator.oauth.KeyringStore.get", lambda self, key: None)
+    path = write(
+        tmp_path,
+        "source,target,source_password_env\n"
+        f"gmail:alice@gmail.com,maildir:{tmp_path / 'alice'},ALICE_GMAIL\n",
+    )
+    (account,) = load_manifest(path, env={"ALICE_GMAIL": "app-password"}).accounts
+    assert account.source == "gmail:alice@gmail.com" and account.name == "gmail:alice@gmail.com"
+    assert account.hosts == ("imap.gmail.com",)  # the per-host caps count Gmail's server
+    # on the worker: the secret found from the recipe, the profile's server; nothing connects
+    monkeypatch.setenv("ALICE_GMAIL", "app-password")
+    side = job_side(account.job.source, "source", account.job.source_secret, None, 5.0)
+    assert side.server == ServerEndpoint(
+        "imap", "implicit", "alice@gmail.com", "imap.gmail.com", 993
+    )
+    assert side.profile is not None and side.profile.name == "gmail"
+    assert side.access is not None and side.access.profile is side.profile
+    assert side.access.auth == "password" and side.access.secret() == "app-password"
+    assert side.notices == ()
+    store = side.store()  # built, not connected
+    assert store.access.host == "imap.gmail.com" and store.access.port == 993
+
+
+def test_a_manifest_row_takes_an_oauth2_token_command_run_on_the_worker(tmp_path, monkeypatch):
+    monkeypatch.setattr("migrator.oauth.KeyringStore.get", lambda self, key: None)
+    script = tmp_path / "token.sh"
+    script.write_text("echo access-token-for-$1\n")
+    path = write(
+        tmp_path,
+        "source,target,source_oauth2_token_cmd\n"
+        f"outlook:bob@contoso.com,maildir:{tmp_path / 'bob'},sh {script} bob\n",
+    )
+    (account,) = load_manifest(path, env={}).accounts
+    assert account.hosts == ("outlook.office365.com",)
+    assert account.job.source_secret == SecretRecipe(oauth2_token_cmd=f"sh {script} bob")
+    side = job_side(account.job.source, "source", account.job.source_secret, None, 5.0)
+    assert side.access is not None and side.access.auth in ("xoauth2", "oauthbearer")
+    assert side.access.secret() == "access-token-for-bob"
+    inline = write(
+        tmp_path,
+        "source,target,source_oauth2_token_cmd\n"
+        f"gmail:a@gmail.com,maildir:{tmp_path / 'a'},echo ya29.hunter2\n",
+    )
+    (line,) = problems(inline)
+    assert "column source_oauth2_token_cmd: a command that prints a literal" in line
+    assert "hunter2" not in line
 
 
 def _result(account, status, **kw) -> AccountResult:
