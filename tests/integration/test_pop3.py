@@ -258,10 +258,10 @@ def test_untrusted_certificate_is_refused(mailbox: Any, kind: str, tmp_path: Any
 
 
 def test_certificate_for_another_host_is_refused(
-    tls_files: Any, tmp_path: Any, account: Callable[..., Any]
+    tls_files: Any, dovecot_tmp: Any, account: Callable[..., Any]
 ) -> None:
-    wrong = make_wrong_host_tls(tls_files, tmp_path / "tls")
-    with DovecotServer(tmp_path / "srv", tls=wrong) as server:
+    wrong = make_wrong_host_tls(tls_files, dovecot_tmp / "tls")
+    with DovecotServer(dovecot_tmp / "srv", tls=wrong) as server:
         acct = account(server)
         for kind in ("pop3s", "stls"):
             access = _access(server, _url(acct, kind), acct.password)
@@ -388,9 +388,9 @@ def test_drop_after_the_last_retry_is_a_transient_store_error(mailbox: Any) -> N
 
 
 def test_server_restart_mid_run_is_survived(
-    tmp_path: Any, tls_files: Any, account: Callable[..., Any]
+    dovecot_tmp: Any, tls_files: Any, account: Callable[..., Any]
 ) -> None:
-    with DovecotServer(tmp_path / "srv", tls=tls_files) as server:
+    with DovecotServer(dovecot_tmp / "srv", tls=tls_files) as server:
         acct = account(server)
         messages = [make_message(800 + i) for i in range(20)]
         _seed(acct, messages)
