@@ -17,10 +17,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
-import typer
+# typer imports rich (about 0.15 s) whenever it is installed, only to colour its help and
+# tracebacks; migrator prints plain text, and `migrator --help` must start fast. An entry of None
+# makes `import rich` fail, so typer falls back to plain click output.
+sys.modules.setdefault("rich", None)  # type: ignore[arg-type]
 
-from migrator import __version__
-from migrator.errors import ConfigError, ExitStatus, MigratorError
+import typer  # noqa: E402
+
+from migrator import __version__  # noqa: E402
+from migrator.errors import ConfigError, ExitStatus, MigratorError  # noqa: E402
 
 if TYPE_CHECKING:
     from migrator.account import Side

@@ -220,6 +220,52 @@ class _Listing:
     refs: dict[str, MessageRef] = field(default_factory=dict)
 
 
+class _InFlight:
+    """Bounds the message bytes held between fetching and appending, across all workers, so that
+    memory follows the bytes in flight and not the number or size of messages: a reader waits
+    before fetching while others' bytes would take the total over ``limit``. A message larger
+    than the limit is fetched alone, once nothing else is held, so it is held once at most."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.cond = threading.Condition()
+
+    def share(self) -> _Share:
+        return _Share(self)
+
+
+class _Share:
+    """One folder stream's part of the bytes in flight; what it still holds when it ends (a
+    stop, a lost connection) goes back to the pool."""
+
+    def __init__(self, pool: _InFlight) -> None:
+        self.pool = pool
+        self.held = 0
+
+    def acquire(self, nbytes: int, abandon: threading.Event) -> bool:
+        pool = self.pool
+        with pool.cond:
+            while pool.used > 0 and pool.used + nbytes > pool.limit:
+                if abandon.is_set():
+                    return False
+                pool.cond.wait(0.2)
+            pool.used += nbytes
+            self.held += nbytes
+            return True
+
+    def release(self, nbytes: int) -> None:
+        pool = self.pool
+        with pool.cond:
+            nbytes = min(nbytes, self.held)
+            self.held -= nbytes
+            pool.used -= nbytes
+            pool.cond.notify_all()
+
+    def close(self) -> None:
+        self.release(self.held)
+
+
 _END = object()
 
 #: The first append of a worker (it grows from there, see _Pace).
@@ -252,6 +298,8 @@ class Engine:
         self._notices: list[str] = []
         #: Set when a daily budget is spent: the message saying when to rerun.
         self._stopped: str | None = None
+        #: Message bytes fetched and not yet appended, all workers together (see _InFlight).
+        self._in_flight = _InFlight(options.batch_bytes * 2 * max(1, options.workers))
         self._budgeted: set[tuple[FolderPath, str]] = set()
 
     def _notice(self, text: str) -> None:
@@ -631,6 +679,7 @@ class Engine:
         pace: _Pace,
     ) -> None:
         batches: queue.Queue[object] = queue.Queue(maxsize=2)
+        share = self._in_flight.share()
         abandon = threading.Event()
         options = self.options
 
@@ -649,6 +698,9 @@ class Engine:
             try:
                 while start < len(refs):
                     chunk = _chunk(refs, start, self._fetch_size(pace))
+                    held = sum(r.size for r in chunk)
+                    if not share.acquire(held, abandon):
+                        return
                     self._throttle(chunk)
                     for ref, data in source.fetch(plan.source.path, chunk):
                         if abandon.is_set() or self.stop.is_set():
@@ -686,12 +738,16 @@ class Engine:
                     break
                 if isinstance(item, BaseException):
                     raise item
-                self._write_batch(target, plan, validity, item, stats, pace)  # type: ignore[arg-type]
+                try:
+                    self._write_batch(target, plan, validity, item, stats, pace)  # type: ignore[arg-type]
+                finally:
+                    share.release(sum(ref.size for ref, _ in item))  # type: ignore[attr-defined]
                 if self.stop.is_set():
                     break
         finally:
             abandon.set()
             reader.join()
+            share.close()
 
     def _fetch_size(self, pace: _Pace) -> int:
         """Bytes per fetch: with a byte rate, about one second of it, so the stream is smooth."""
