@@ -712,9 +712,10 @@ class Engine:
                             batch, size = [], 0
                     start += len(chunk)
                     pace.grow("fetch")
-                    if batch and pace.fetch < options.batch_bytes:
-                        # Small chunks (the link keeps dropping): hand each one to the writer
-                        # at once, so what was fetched is appended before the next drop.
+                    if batch:
+                        # Hand each chunk to the writer whole: what was fetched is appended
+                        # before a next drop, and the bytes it holds in flight are released
+                        # (the next chunk may wait for them: see _InFlight).
                         put(batch)
                         batch, size = [], 0
                 if batch:

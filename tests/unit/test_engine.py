@@ -313,3 +313,26 @@ def test_bytes_in_flight_stay_bounded_and_a_big_message_travels_alone(tmp_path):
     assert summary.total("copied") == 31 and engine._in_flight.used == 0
     assert max(seen) >= 50_000  # the big one was held, alone
     assert contents(src) == contents(dst)
+
+
+def test_a_big_message_after_small_ones_does_not_wait_for_itself(tmp_path):
+    """Small messages fetched in one chunk, then one larger than the whole in-flight budget:
+    the small ones must reach the writer (and free their bytes) before the big one is fetched."""
+    src, dst = MemoryStore(), MemoryStore()
+    for i in range(3):
+        src.add(("INBOX",), message(i))
+    src.add(("INBOX",), b"Message-ID: <big@x>\r\n\r\n" + b"y" * 20_000 + b"\r\n")
+    journal = Journal.open(tmp_path / "j")
+    done = threading.Event()
+    result = {}
+
+    def go():
+        result["summary"] = Engine(
+            lambda: src, lambda: dst, journal, CopyOptions(batch_bytes=4096, retry_delay=0.0)
+        ).run()
+        done.set()
+
+    threading.Thread(target=go, daemon=True).start()
+    assert done.wait(20), "the engine waited for bytes it held itself"
+    journal.close()
+    assert result["summary"].total("copied") == 4
