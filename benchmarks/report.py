@@ -68,8 +68,12 @@ def summarise(runs: list[Run], labels: dict[str, str], messages: dict[str, int])
         rerun = [r for r in runs if r.peer == peer and r.phase == "rerun"]
         if not full:
             continue
-        full_s = _median([r.seconds for r in full if r.ok])
-        rss = _median([r.max_rss_kb / 1024 for r in full if r.ok and r.max_rss_kb is not None])
+        # Only copies that worked count towards speed, and only reruns after such a copy.
+        good = [r for r in full if r.ok and r.equal]
+        good_rounds = {r.round for r in good}
+        rerun = [r for r in rerun if r.round in good_rounds and r.ok and not r.problems]
+        full_s = _median([r.seconds for r in good])
+        rss = _median([r.max_rss_kb / 1024 for r in good if r.max_rss_kb is not None])
         n = messages[peer]
         rows.append(
             Summary(
@@ -80,9 +84,9 @@ def summarise(runs: list[Run], labels: dict[str, str], messages: dict[str, int])
                 full_s=full_s,
                 msgs_per_s=n / full_s if full_s else None,
                 rss_mb=rss,
-                rerun_s=_median([r.seconds for r in rerun if r.ok]),
+                rerun_s=_median([r.seconds for r in rerun]),
                 equal=all(r.ok and r.equal for r in full),
-                failed_runs=sum(not r.ok for r in full + rerun),
+                failed_runs=sum(not (r.ok and r.equal) for r in full),
                 compared=full[0].compared,
             )
         )

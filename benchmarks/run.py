@@ -21,6 +21,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -62,6 +63,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--profile",
         type=Path,
         help="record migrator's full copies with py-spy into this directory (slows them down)",
+    )
+    p.add_argument(
+        "--from-json",
+        type=Path,
+        help="run nothing: re-derive the table from this latest.json and write --results",
     )
     p.add_argument(
         "--keep",
@@ -159,7 +165,7 @@ def timed(
             _kill_group(proc)
             raise
         seconds = time.monotonic() - started
-    rss = code = None
+    rss = code = signalled = None
     with contextlib.suppress(OSError):
         for line in tfile.read_text(errors="replace").splitlines():
             key, _, value = line.strip().rpartition(": ")
@@ -167,6 +173,10 @@ def timed(
                 rss = int(value)
             elif key == "Exit status":
                 code = int(value)
+            elif line.startswith("Command terminated by signal "):
+                signalled = int(line.rsplit(" ", 1)[1])
+    if signalled is not None:  # GNU time then reports "Exit status: 0"
+        code = 128 + signalled
     if code is None and not timed_out:
         code = proc.returncode
     return seconds, rss, code, timed_out
@@ -373,6 +383,9 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    if args.from_json is not None:
+        publish(json.loads(args.from_json.read_text()), args.results)
+        return 0
     signal.signal(signal.SIGTERM, _terminate)
     started_at = datetime.now(UTC)
     say(
@@ -399,6 +412,8 @@ def main(argv: list[str]) -> int:
     workdir.mkdir(parents=True)
     servers: list[DovecotServer] = []
     runs: list[Run] = []
+    help_s: float | None = None
+    interrupted: str | None = None
     try:
         tls = make_ca(workdir / "tls")
         src = DovecotServer(workdir / "src", separator="/", tls=tls, mail_fsync="optimized")
@@ -436,9 +451,9 @@ def main(argv: list[str]) -> int:
                     peer, rnd, f"r{rnd}-{peer.name}", workdir / "jobs" / f"r{rnd}-{peer.name}"
                 )
                 runs += run_job(peer, setup, job, c, args.timeout, args.keep, args.profile)
-    except KeyboardInterrupt:
-        say("\nInterrupted; stopping the servers.")
-        return 130
+    except KeyboardInterrupt as exc:
+        interrupted = str(exc) or "SIGINT"
+        say(f"\nInterrupted ({interrupted}): stopping the servers, writing what was measured.")
     finally:
         for server in servers:
             with contextlib.suppress(Exception):
@@ -448,33 +463,6 @@ def main(argv: list[str]) -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    labels = {p.name: _label(p, versions, args) for p in peers}
-    counts = {p.name: corpora[p.corpus].messages for p in peers}  # type: ignore[union-attr]
-    rows = report.summarise(runs, labels, counts)
-    ratios = report.ratios(rows, main_corpus.largest / 1e6, help_s, main_corpus.messages)
-    header = (
-        f"Corpus: {main_corpus.messages:,} messages / {main_corpus.total_bytes / 1e6:,.0f} MB in "
-        f"{len(main_corpus.folders)} folders (largest {main_corpus.largest / 1e6:.1f} MB)"
-        + (f"; POP3 corpus {pop_corpus.messages:,} messages in INBOX" if pop_corpus else "")
-        + f". Medians of {args.rounds} round(s); two Dovecot {versions['dovecot']} servers on "
-        f"loopback, IMAPS, mail_fsync=optimized; {os.cpu_count()} CPUs; 1-minute load average "
-        f"at the end of the timed commands: median {_load(runs)} (more than the CPU count means "
-        "other work competed with the peers)."
-    )
-    md = [header, "", report.table(rows), "Issue 7's figures for migrator:", ""]
-    md += [r.line() for r in ratios]
-    md += ["", 'What "equal" compared, per peer:', ""]
-    md += [f"- {r.label}: {r.compared}" for r in rows]
-    problems = [r for r in runs if r.problems or not r.ok]
-    if problems:
-        md += ["", "Problems:", ""]
-        for r in problems:
-            text = "; ".join(r.problems[:5]) or f"exit {r.exit_code}, timed out {r.timed_out}"
-            md.append(f"- {r.peer} round {r.round} {r.phase}: {text}")
-    if skipped:
-        md += ["", "Skipped:", ""] + [f"- {k}: {v}" for k, v in skipped.items()]
-    markdown = "\n".join(md) + "\n"
-    say("\n" + markdown)
     data = {
         "started": started_at.isoformat(timespec="seconds"),
         "seconds": round((datetime.now(UTC) - started_at).total_seconds(), 1),
@@ -507,15 +495,73 @@ def main(argv: list[str]) -> int:
             }
             for name, c in corpora.items()
         },
+        "labels": {p.name: _label(p, versions, args) for p in peers},
+        "peer_corpus": {p.name: p.corpus for p in peers},
         "migrator_help_seconds": help_s,
-        "summary": [vars(r) for r in rows],
-        "ratios": [vars(r) for r in ratios],
         "runs": [r.as_dict() for r in runs],
         "skipped": skipped,
+        "interrupted": interrupted,
     }
-    write_results(args.results, data, markdown)
-    say(f"Raw figures: {args.results / 'latest.json'}; table: {args.results / 'latest.md'}")
-    return 0
+    if not runs:
+        return 130
+    publish(data, args.results)
+    return 130 if interrupted else 0
+
+
+def publish(data: dict[str, Any], results: Path) -> None:
+    """Medians, table and ratios from the raw runs in *data*; print them and write both files.
+
+    The same path serves ``--from-json``, so a table can always be re-derived from the raw
+    figures (after changing how it is summarised, say).
+    """
+    runs = [Run(**r) for r in data["runs"]]
+    corpus = data["corpus"]
+    main_c, pop_c = corpus["imap"], corpus.get("pop")
+    labels = data.get("labels") or {s["peer"]: s["label"] for s in data["summary"]}
+    kinds = data.get("peer_corpus") or {peer: PEERS[peer].corpus for peer in labels}
+    counts = {
+        peer: (pop_c if kind == "pop" else main_c)["messages"] for peer, kind in kinds.items()
+    }
+    rows = report.summarise(runs, labels, counts)
+    help_s = data.get("migrator_help_seconds")
+    ratios = report.ratios(rows, main_c["largest"] / 1e6, help_s, main_c["messages"])
+    machine = data["machine"]
+    header = (
+        f"Corpus: {main_c['messages']:,} messages / {main_c['bytes'] / 1e6:,.0f} MB in "
+        f"{len(main_c['folders'])} folders (largest {main_c['largest'] / 1e6:.1f} MB)"
+        + (f"; POP3 corpus {pop_c['messages']:,} messages in INBOX" if pop_c else "")
+        + f". Medians of {data['params']['rounds']} round(s) over the runs that exited 0 with "
+        f"an equal target; two Dovecot {machine['versions']['dovecot']} servers on loopback, "
+        f"IMAPS, mail_fsync=optimized; {machine['cpus']} CPUs; 1-minute load average at the end "
+        f"of the timed commands: median {_load(runs)} (much above ~2, the peer and its two "
+        f"servers, means other work competed). Run {data['started']}, {data['seconds']:.0f} s, "
+        f"git {machine['git']}."
+    )
+    if data.get("note"):
+        header += f" Note: {data['note']}"
+    if data.get("interrupted"):
+        header = (
+            f"**Interrupted ({data['interrupted']}) after {len(runs)} timed commands: partial "
+            f"figures.** {header}"
+        )
+    md = [header, "", report.table(rows), "Issue 7's figures for migrator:", ""]
+    md += [r.line() for r in ratios]
+    md += ["", 'What "equal" compared, per peer:', ""]
+    md += [f"- {r.label}: {r.compared}" for r in rows]
+    problems = [r for r in runs if r.problems or not r.ok or r.equal is False]
+    if problems:
+        md += ["", "Problems (these runs are left out of the medians):", ""]
+        for r in problems:
+            text = "; ".join(r.problems[:5]) or f"exit {r.exit_code}, timed out {r.timed_out}"
+            md.append(f"- {r.peer} round {r.round} {r.phase} ({r.seconds:.0f} s): {text}")
+    if data.get("skipped"):
+        md += ["", "Skipped:", ""] + [f"- {k}: {v}" for k, v in data["skipped"].items()]
+    markdown = "\n".join(md) + "\n"
+    say("\n" + markdown)
+    data["summary"] = [vars(r) for r in rows]
+    data["ratios"] = [vars(r) for r in ratios]
+    write_results(results, data, markdown)
+    say(f"Raw figures: {results / 'latest.json'}; table: {results / 'latest.md'}")
 
 
 def _load(runs: list[Run]) -> str:

@@ -297,8 +297,12 @@ def test_bytes_in_flight_stay_bounded_and_a_big_message_travels_alone(tmp_path):
         src.add(("INBOX",), message(i))
     src.add(("INBOX",), b"Message-ID: <big@x>\r\nSubject: big\r\n\r\n" + b"x" * 50_000 + b"\r\n")
     journal = Journal.open(tmp_path / "j")
-    engine = Engine(lambda: src, lambda: dst, journal,
-                    CopyOptions(batch_bytes=512, batch_count=3, retry_delay=0.0))
+    engine = Engine(
+        lambda: src,
+        lambda: dst,
+        journal,
+        CopyOptions(batch_bytes=512, batch_count=3, retry_delay=0.0),
+    )
     seen: list[int] = []
     original = dst.append
 
