@@ -243,11 +243,11 @@ class _Share:
         self.pool = pool
         self.held = 0
 
-    def acquire(self, nbytes: int, abandon: threading.Event) -> bool:
+    def acquire(self, nbytes: int, *cancel: threading.Event) -> bool:
         pool = self.pool
         with pool.cond:
             while pool.used > 0 and pool.used + nbytes > pool.limit:
-                if abandon.is_set():
+                if any(event.is_set() for event in cancel):
                     return False
                 pool.cond.wait(0.2)
             pool.used += nbytes
@@ -699,7 +699,7 @@ class Engine:
                 while start < len(refs):
                     chunk = _chunk(refs, start, self._fetch_size(pace))
                     held = sum(r.size for r in chunk)
-                    if not share.acquire(held, abandon):
+                    if not share.acquire(held, abandon, self.stop):
                         return
                     self._throttle(chunk)
                     for ref, data in source.fetch(plan.source.path, chunk):
