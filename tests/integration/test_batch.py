@@ -10,18 +10,13 @@ message copied twice, lost or altered fails the test.
 from __future__ import annotations
 
 import csv
-import fcntl
 import json
 import os
-import pty
-import select
 import signal
 import socket
 import sqlite3
-import struct
 import subprocess
 import sys
-import termios
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -31,7 +26,7 @@ import pytest
 
 from tests.corpus import make_corpus, seed_imap, snapshot_imap
 from tests.dovecot import DovecotServer, TlsFiles
-from tests.integration.jobs import REPO, base_env
+from tests.integration.jobs import REPO, base_env, run_in_pty
 
 ACCOUNTS = 20
 MESSAGES = 30
@@ -179,33 +174,9 @@ def test_twenty_accounts_four_at_a_time_exactly_once_and_a_rerun_does_nothing(fl
     f.assert_exactly_once()
 
 
-def _run_in_pty(cmd: list[str], env: dict[str, str], timeout: float = 120) -> bytes:
-    """Run with stdout and stderr on an 80x24 pseudo-terminal; return what it showed."""
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
-    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave)
-    os.close(slave)
-    out = b""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if select.select([master], [], [], 0.2)[0]:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            out += chunk
-        elif proc.poll() is not None:
-            break
-    proc.wait(timeout=30)
-    os.close(master)
-    return out
-
-
 def test_a_terminal_shows_an_overall_bar_and_a_bar_per_running_account(fleet):
     f = fleet(4, seed=3)
-    shown = _run_in_pty(
+    shown = run_in_pty(
         batch_cmd(str(f.manifest), "--state-dir", str(f.state), "--jobs", "2"), f.env
     )
     assert b"accounts: 100%|" in shown and b"4/4" in shown, shown[-2000:]

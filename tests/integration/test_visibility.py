@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import pty
-import select
 import signal
-import struct
 import subprocess
-import termios
-import time
 
 from tests.corpus import make_corpus, seed_imap, snapshot_imap
 from tests.dovecot import make_untrusted_ca
-from tests.integration.jobs import Job, base_env, migrator_cmd
+from tests.integration.jobs import Job, base_env, migrator_cmd, run_in_pty
 from tests.integration.test_imap_to_imap import _journal_done, _wait_for_progress
 
 
@@ -261,38 +255,13 @@ def test_check_good_and_bad(account, dovecot_source, tmp_path):
     assert len(untrusted.stderr.strip().splitlines()) == 1
 
 
-def _run_in_pty(cmd: list[str], env: dict[str, str], timeout: float = 120) -> bytes:
-    """Run with stderr (and stdout) on a pseudo-terminal, as in a real terminal."""
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
-    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave)
-    os.close(slave)
-    out = b""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([master], [], [], 0.2)
-        if ready:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            out += chunk
-        elif proc.poll() is not None:
-            break
-    proc.wait(timeout=30)
-    os.close(master)
-    return out
-
-
 def test_progress_bars_on_a_terminal_and_not_on_a_pipe(
     account, dovecot_source, dovecot_target, tmp_path
 ):
     src, dst = account(dovecot_source), account(dovecot_target)
     seed_imap(src.client(), make_corpus(24, 120), "/")
     job = Job.between(src, dst, tmp_path / "j.sqlite")
-    shown = _run_in_pty(job.cmd(), dict(job.env, COLUMNS="80"))
+    shown = run_in_pty(job.cmd(), dict(job.env, COLUMNS="80"))
     assert b"messages" in shown and b"msg/s" in shown, shown[-2000:]
     assert b"100%|" in shown and b"\x1b[" in shown  # bars redrawn in place
     other = Job.between(src, account(dovecot_target), tmp_path / "k.sqlite")
