@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+from migrator import heap
 from migrator.checkpoint import Journal
 from migrator.errors import ConnectError, FolderError, MessageError, StoreError
 from migrator.filters import MessageFilter
@@ -252,7 +253,9 @@ class _Share:
                 pool.cond.wait(0.2)
             pool.used += nbytes
             self.held += nbytes
-            return True
+        if nbytes > pool.limit:
+            heap.trim()  # nothing else is held: what the small ones left goes back first
+        return True
 
     def release(self, nbytes: int) -> None:
         pool = self.pool
@@ -310,6 +313,7 @@ class Engine:
 
     def run(self) -> RunSummary:
         started = time.monotonic()
+        heap.configure()
         source, target = self.open_source(), self.open_target()
         try:
             source.connect()
@@ -710,6 +714,9 @@ class Engine:
                         if size >= options.batch_bytes or len(batch) >= options.batch_count:
                             put(batch)
                             batch, size = [], 0
+                    # Hold no reference to what was handed over: once the writer releases its
+                    # bytes, the pool counts them as gone (a 40 MB body must not outlive that).
+                    data = b""
                     start += len(chunk)
                     pace.grow("fetch")
                     if batch:
@@ -739,10 +746,12 @@ class Engine:
                     break
                 if isinstance(item, BaseException):
                     raise item
+                held = sum(ref.size for ref, _ in item)  # type: ignore[attr-defined]
                 try:
                     self._write_batch(target, plan, validity, item, stats, pace)  # type: ignore[arg-type]
                 finally:
-                    share.release(sum(ref.size for ref, _ in item))  # type: ignore[attr-defined]
+                    item = None  # the batch's bytes are gone before the pool counts them gone
+                    share.release(held)
                 if self.stop.is_set():
                     break
         finally:

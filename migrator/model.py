@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from types import MappingProxyType
 
 #: A folder name as its hierarchy levels, independent of any server's delimiter.
 #: ("INBOX",) is the inbox; ("Archive", "2023") is Archive/2023 on one server and Archive.2023
@@ -54,7 +56,12 @@ class FolderState:
     count: int = 0
 
 
-@dataclass(frozen=True)
+#: The ``extra`` of a message that has none: one shared, read-only mapping (a folder listing
+#: holds tens of thousands of refs; an empty dict each would cost megabytes).
+_NO_EXTRA: Mapping[str, str] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
 class MessageRef:
     """One source message, described without its bytes."""
 
@@ -67,7 +74,7 @@ class MessageRef:
     date: datetime | None = None
     #: Identity across stores, for recognising a copy without the journal; see message_key().
     key: str = ""
-    extra: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+    extra: Mapping[str, str] = field(default_factory=lambda: _NO_EXTRA, compare=False, hash=False)
 
 
 _KEY_FIELDS = (b"message-id", b"date", b"from", b"to", b"subject")

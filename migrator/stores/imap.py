@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import imaplib
+import logging
 import re
 import socket
 import ssl
 from collections.abc import Container, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
+from functools import lru_cache
 from typing import Any
 
 from imapclient import IMAPClient
@@ -40,6 +42,9 @@ from migrator.model import (
 from migrator.oauth import sasl_initial
 from migrator.ratelimit import parse_backoff
 from migrator.stores.base import AppendResult, ServerAccess, Source, Target
+
+#: Where imapclient sends imaplib's protocol lines.
+_PROTOCOL_LOG = logging.getLogger("imapclient.imaplib")
 
 _KEY_HEADERS = "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID DATE FROM TO SUBJECT)]"
 _KEY_RESPONSE = b"BODY[HEADER.FIELDS (MESSAGE-ID DATE FROM TO SUBJECT)]"
@@ -132,6 +137,8 @@ class ImapStore(Source, Target):
         self.gmail_ids = gmail_ids
         #: Gmail: folder name -> X-GM-MSGID -> UID, learnt by list_messages.
         self._gm_uids: dict[str, dict[str, int]] = {}
+        #: One frozenset per distinct set of flags, shared by every message that has it.
+        self._flag_sets: dict[frozenset[str], frozenset[str]] = {}
         self.label = access.label or f"imap://{access.user}@{access.host}:{access.port}"
         self._client: IMAPClient | None = None
         self._caps: frozenset[str] = frozenset()
@@ -176,6 +183,10 @@ class ImapStore(Source, Target):
             raise ConnectError(f"{self.label}: cannot connect ({reason})") from None
         except (imaplib.IMAP4.error, IMAPClientError) as exc:
             raise ConnectError(f"{self.label}: bad greeting ({_text(str(exc))})") from None
+        # imapclient sets imaplib's debug level to 5, which formats a repr of every response,
+        # message bodies included, whether or not anything is logged: a copy of each body in CPU
+        # time and memory. Level 4 (command and response lines, no literals) serves --debug.
+        client._imap.debug = 4 if _PROTOCOL_LOG.isEnabledFor(logging.DEBUG) else 0
         try:
             self.greeting = _text(client.welcome)
             if a.tls == "starttls":
@@ -456,15 +467,21 @@ class ImapStore(Source, Target):
 
     def _ref(self, uid: int, item: dict[bytes, Any], keys: bool = True) -> MessageRef:
         size = int(item.get(b"RFC822.SIZE", 0))
-        flags = frozenset(
-            f.decode() if isinstance(f, bytes) else str(f) for f in item.get(b"FLAGS", ())
+        flags = (
+            frozenset(
+                f.decode() if isinstance(f, bytes) else str(f) for f in item.get(b"FLAGS", ())
+            )
+            - UNCOPIED_FLAGS
         )
         date = item.get(b"INTERNALDATE")
+        if isinstance(date, datetime) and (offset := date.utcoffset()) is not None:
+            # imapclient gives each date its own zone object; a listing keeps one per offset.
+            date = date.replace(tzinfo=_zone(offset))
         header = item.get(_KEY_RESPONSE) or b""
         return MessageRef(
             id=str(uid),
             size=size,
-            flags=flags - UNCOPIED_FLAGS,
+            flags=self._flag_sets.setdefault(flags, flags),
             date=date if isinstance(date, datetime) else None,
             key=message_key(header, size) if keys else "",
         )
@@ -590,6 +607,11 @@ class ImapStore(Source, Target):
             else:
                 results.append(AppendResult(error=f"the server said: {_text(data)}"))
         return results
+
+
+@lru_cache(maxsize=64)
+def _zone(offset: timedelta) -> timezone:
+    return timezone(offset)
 
 
 def _text_bytes(data: Any) -> bytes:

@@ -122,7 +122,8 @@ _SNIFF = 4096
 
 def quote(data: bytes) -> bytes:
     """mboxrd: one more '>' in front of every line that matches ``>*From ``."""
-    return _QUOTE.sub(rb">\1", data)
+    # Most messages have no "From " at all; the line-anchored search is slow on large bodies.
+    return _QUOTE.sub(rb">\1", data) if b"From " in data else data
 
 
 def unquote(data: bytes) -> bytes:
@@ -241,23 +242,53 @@ def render_message(
 ) -> bytes:
     """One mbox record (From_ line to the empty line after the message) for a message that
     arrives with CRLF line endings; ``first_fields`` go into the header of a file's first one."""
-    data = to_lf(message)
-    header, rest = _split_header(data)
+    return b"".join(render_parts(message, flags, date, first_fields))
+
+
+#: How much of a message is turned into a record at a time (see render_parts).
+RENDER_SPAN = 128 * 1024
+
+
+def _line_end(data: bytes, start: int) -> int:
+    """The end of the line that reaches ``start``: chunks cut there never split a CRLF or a line."""
+    end = data.find(b"\n", start)
+    return len(data) if end < 0 else end + 1
+
+
+def render_parts(
+    message: bytes, flags: Iterable[str], date: datetime | None, first_fields: bytes = b""
+) -> Iterator[bytes]:
+    """``render_message`` in pieces of about RENDER_SPAN, so that a 40 MB message is not copied
+    whole three more times (LF endings, quoting, the record) on its way into the file."""
+    cut = _line_end(message, RENDER_SPAN)
+    header, rest = _split_header(to_lf(message[:cut]))
+    if not rest and cut < len(message):
+        # The header goes on past the first piece (or there is no body): take it all at once.
+        cut = len(message)
+        header, rest = _split_header(to_lf(message))
     escaped = b"".join(
         KEPT_PREFIX + line if _FIELD.match(line) else line for line in _lines(header)
     )
     fields = first_fields + _flags_fields(flags)
     if rest or not header or header.endswith(b"\n"):
-        content = escaped + fields + rest
+        head = escaped + fields
     elif header[:1] not in (b" ", b"\t"):
         # No empty line and no final newline: put the fields first, so nothing is added at the end.
-        content = fields + escaped
+        head = fields + escaped
     else:
         # A lone folded line without a newline: the only shape that gains a final newline.
-        content = escaped + b"\n" + fields
+        head = escaped + b"\n" + fields
     if date is None:
         date = date_from_headers(header) or utc_now()
-    return format_from_line(date, _sender(header)) + quote(content) + b"\n"
+    yield format_from_line(date, _sender(header)) + quote(head)
+    if rest:
+        yield quote(rest)
+    # Pieces end at a line end, so each one is quoted and converted on its own.
+    while cut < len(message):
+        end = _line_end(message, cut + RENDER_SPAN)
+        yield quote(to_lf(message[cut:end]))
+        cut = end
+    yield b"\n"
 
 
 @dataclass
@@ -749,12 +780,21 @@ class MboxStore(Source, Target):
                     # Another program left no final newline; a From_ line must start a line.
                     write_all(fd, b"\n")
                     position += 1
+                # Records go out in writes of about RENDER_SPAN: few system calls for many small
+                # messages, and no whole copy of a large one.
+                pending: list[bytes] = []
+                held = 0
                 for ref, data in items:
-                    record = render_message(data, ref.flags, ref.date, first_fields)
-                    first_fields = b""
-                    write_all(fd, record)
                     offsets.append(position)
-                    position += len(record)
+                    for part in render_parts(data, ref.flags, ref.date, first_fields):
+                        pending.append(part)
+                        held += len(part)
+                        position += len(part)
+                        if held >= RENDER_SPAN:
+                            write_all(fd, b"".join(pending))
+                            pending, held = [], 0
+                    first_fields = b""
+                write_all(fd, b"".join(pending))
                 os.fsync(fd)
             except OSError as exc:
                 # Nothing of this batch counts: cut it off now rather than at the next run.

@@ -10,6 +10,7 @@ import time
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -29,6 +30,7 @@ from migrator.stores.mbox import (
     parse_from_date,
     quote,
     render_message,
+    render_parts,
     unquote,
 )
 from tests.unit.archive_helpers import (
@@ -136,6 +138,27 @@ def test_record_round_trip_of_arbitrary_bytes(message: bytes, flags: frozenset[s
     expected = to_lf(message) + (b"\n" if degenerate(message) else b"")
     assert decoded.content == expected
     assert decoded.flags == copied_flags(flags)
+
+
+@settings(max_examples=300)
+@given(st.one_of(messages, any_bytes), flag_sets, st.integers(min_value=1, max_value=40))
+def test_record_in_pieces_is_the_record_whole(
+    message: bytes, flags: frozenset[str], span: int
+) -> None:
+    """A large message is rendered a piece at a time; cutting it anywhere changes no byte."""
+    whole = render_message(message, flags, WHEN)
+    with patch.object(mbox_module, "RENDER_SPAN", span):
+        pieces = list(render_parts(message, flags, WHEN))
+    assert b"".join(pieces) == whole
+
+
+def test_large_message_is_rendered_without_a_whole_copy() -> None:
+    body = b"".join(b"line %d of a big attachment, From here on\r\n" % n for n in range(100_000))
+    message = b"Subject: big\r\nFrom: a@example.org\r\n\r\n" + body
+    pieces = list(render_parts(message, {"\\Seen"}, WHEN))
+    assert len(message) > 4 * mbox_module.RENDER_SPAN
+    assert max(map(len, pieces)) <= mbox_module.RENDER_SPAN + 200
+    assert decode_record(b"".join(pieces)).content == to_lf(message)
 
 
 def test_record_layout_is_what_mutt_and_dovecot_read() -> None:
