@@ -1,8 +1,15 @@
 from hypothesis import given
 from hypothesis import strategies as st
+from imapclient.response_parser import parse_fetch_response
 
 from migrator.model import MessageRef
-from migrator.stores.imap import batches_by_size, expand_uid_set, parse_appenduid, uid_set
+from migrator.stores.imap import (
+    batches_by_size,
+    expand_uid_set,
+    parse_appenduid,
+    parse_meta,
+    uid_set,
+)
 
 
 def test_appenduid_single_and_ranges():
@@ -31,3 +38,72 @@ def test_batches_bounded_by_bytes_and_count_keep_order(sizes):
     for batch in batches:
         assert len(batch) <= 7
         assert len(batch) == 1 or sum(r.size for r in batch) <= 10_000
+
+
+MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+flag = st.sampled_from([b"\\Seen", b"\\Answered", b"\\Flagged", b"\\Draft", b"\\Deleted"]) | (
+    st.from_regex(rb"\A[A-Za-z$][A-Za-z0-9$_.-]{0,12}\Z", fullmatch=True)
+)
+internaldate = st.builds(
+    lambda d, m, y, h, mi, s, sign, zh, zm: (
+        b'"%2d-%s-%04d %02d:%02d:%02d %s%02d%02d"'
+        % (d, MONTHS[m].encode(), y, h, mi, s, sign, zh, zm)
+    ),
+    st.integers(1, 28),
+    st.integers(0, 11),
+    st.integers(1970, 2100),
+    st.integers(0, 23),
+    st.integers(0, 59),
+    st.integers(0, 59),
+    st.sampled_from([b"+", b"-"]),
+    st.integers(0, 14),
+    st.sampled_from([0, 30, 45]),
+)
+
+
+@st.composite
+def meta_line(draw: st.DrawFn, seq: int) -> bytes:
+    items = [
+        b"UID %d" % draw(st.integers(1, 2**32 - 1)),
+        b"RFC822.SIZE %d" % draw(st.integers(0, 2**40)),
+        b"FLAGS (%s)" % b" ".join(draw(st.lists(flag, max_size=6, unique=True))),
+        b"INTERNALDATE " + draw(internaldate),
+    ]
+    return b"%d (%s)" % (seq, b" ".join(draw(st.permutations(items))))
+
+
+@given(
+    st.lists(st.integers(1, 100_000), max_size=8, unique=True).flatmap(
+        lambda seqs: st.tuples(*(meta_line(n) for n in seqs))
+    )
+)
+def test_meta_parse_is_imapclients(lines: tuple[bytes, ...]) -> None:
+    """The fast listing parser gives what imapclient's parser gives, dates with their zones."""
+    expected = parse_fetch_response(list(lines), False, True)
+    got = parse_meta(list(lines))
+    assert got is not None
+    assert got == expected
+    for uid, item in got.items():
+        assert item[b"INTERNALDATE"].utcoffset() == expected[uid][b"INTERNALDATE"].utcoffset()
+
+
+def test_meta_parse_leaves_other_shapes_to_imapclient() -> None:
+    date = b'INTERNALDATE "01-Jan-2020 00:00:00 +0000"'
+    ok = b"1 (UID 5 RFC822.SIZE 10 FLAGS () " + date + b")"
+    assert parse_meta([ok]) == {
+        5: {
+            b"SEQ": 1,
+            b"RFC822.SIZE": 10,
+            b"FLAGS": (),
+            b"INTERNALDATE": parse_fetch_response([ok], False, True)[5][b"INTERNALDATE"],
+        }
+    }
+    for other in (
+        [(b"1 (UID 5 BODY[] {3}", b"abc"), b")"],  # a literal
+        [b"1 (UID 5 MODSEQ (12) " + date + b")"],  # an item it does not know
+        [b"1 (RFC822.SIZE 10 " + date + b")"],  # no UID
+        [b'1 (UID 5 INTERNALDATE "31-Feb-2020 00:00:00 +0000")'],  # no such day
+        [b'1 (UID 5 INTERNALDATE "01-Foo-2020 00:00:00 +0000")'],
+        [b"1 (UID 5 FLAGS (\\Seen)"],  # unbalanced
+    ):
+        assert parse_meta(other) is None
