@@ -13,7 +13,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from email.utils import parsedate_tz
 from pathlib import Path
@@ -112,6 +112,20 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
     while view:
         written = os.write(fd, view)
         view = view[written:]
+
+
+def write_parts(fd: int, parts: Sequence[bytes]) -> None:
+    """Write the parts one after another in as few system calls as the kernel allows, without
+    first joining them into one more copy."""
+    pending: list[bytes | memoryview] = list(parts)
+    first = 0
+    while first < len(pending):
+        written = os.writev(fd, pending[first : first + _IOV_MAX])
+        while first < len(pending) and written >= len(pending[first]):
+            written -= len(pending[first])
+            first += 1
+        if written:  # a short write ended inside this part
+            pending[first] = memoryview(pending[first])[written:]
 
 
 def write_private_file(path: Path, data: bytes) -> None:
@@ -233,6 +247,8 @@ def fcntl_unlock(fd: int) -> None:
 # -- message headers and dates ----------------------------------------------------------------
 
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
+#: Parts per writev: IOV_MAX on Linux and the BSDs.
+_IOV_MAX = 1024
 
 
 def header_block(data: bytes) -> bytes:

@@ -89,6 +89,7 @@ from migrator.stores.localfiles import (
     to_lf,
     utc_now,
     write_all,
+    write_parts,
 )
 
 #: Names the validity after the id scheme, so a future scheme does not match old journal rows.
@@ -174,12 +175,15 @@ def format_from_line(date: datetime, sender: str = "MAILER-DAEMON") -> bytes:
     return text.encode("ascii")
 
 
+_RETURN_PATH = re.compile(
+    rb"^return-path:[ \t]*<?([!-;=?-~]*@[!-;=?-~]*)>?[ \t]*\r?$", re.IGNORECASE | re.MULTILINE
+)
+
+
 def _sender(header: bytes) -> str:
     """The envelope sender for the From_ line: Return-Path when it is one plain address."""
-    match = re.search(rb"^return-path:[ \t]*<?([^\s<>]+)>?[ \t]*\r?$", header, re.I | re.M)
-    if match and b"@" in match[1] and all(33 <= c < 127 for c in match[1]):
-        return match[1].decode("ascii")
-    return "MAILER-DAEMON"
+    match = _RETURN_PATH.search(header)
+    return match[1].decode("ascii") if match else "MAILER-DAEMON"
 
 
 # -- one message in and out -------------------------------------------------------------------
@@ -247,6 +251,8 @@ def render_message(
 
 #: How much of a message is turned into a record at a time (see render_parts).
 RENDER_SPAN = 128 * 1024
+#: Rendered bytes gathered into one write.
+WRITE_SPAN = 1024 * 1024
 
 
 def _line_end(data: bytes, start: int) -> int:
@@ -780,8 +786,8 @@ class MboxStore(Source, Target):
                     # Another program left no final newline; a From_ line must start a line.
                     write_all(fd, b"\n")
                     position += 1
-                # Records go out in writes of about RENDER_SPAN: few system calls for many small
-                # messages, and no whole copy of a large one.
+                # Records go out in gathered writes of about WRITE_SPAN: few system calls for
+                # many small messages, and no whole copy of a large one.
                 pending: list[bytes] = []
                 held = 0
                 for ref, data in items:
@@ -790,11 +796,11 @@ class MboxStore(Source, Target):
                         pending.append(part)
                         held += len(part)
                         position += len(part)
-                        if held >= RENDER_SPAN:
-                            write_all(fd, b"".join(pending))
+                        if held >= WRITE_SPAN:
+                            write_parts(fd, pending)
                             pending, held = [], 0
                     first_fields = b""
-                write_all(fd, b"".join(pending))
+                write_parts(fd, pending)
                 os.fsync(fd)
             except OSError as exc:
                 # Nothing of this batch counts: cut it off now rather than at the next run.

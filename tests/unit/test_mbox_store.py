@@ -562,18 +562,14 @@ def _killed_mid_append(store_path: Path, items: list[tuple[MessageRef, bytes]]) 
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         try:
-            written = 0
-            real = mbox_module.write_all
+            real = mbox_module.write_parts
 
-            def dying_write(fd: int, data: bytes) -> None:
-                nonlocal written
-                written += 1
-                if written == 2:
-                    real(fd, data[: len(data) // 2])
-                    os.kill(os.getpid(), signal.SIGKILL)
-                real(fd, data)
+            def dying_write(fd: int, parts: list[bytes]) -> None:
+                data = b"".join(parts)
+                real(fd, [data[: len(data) // 2]])
+                os.kill(os.getpid(), signal.SIGKILL)
 
-            mbox_module.write_all = dying_write  # type: ignore[assignment]
+            mbox_module.write_parts = dying_write  # type: ignore[assignment]
             store_at(store_path).append(INBOX, items)
         finally:
             os._exit(3)
@@ -696,18 +692,13 @@ def test_failed_write_leaves_no_partial_message(
     store = store_at(tmp_path)
     store.append(INBOX, [(ref_for(SIMPLE, date=WHEN), SIMPLE)])
     committed = (tmp_path / "INBOX.mbox").read_bytes()
-    calls = 0
-    real = mbox_module.write_all
+    real = mbox_module.write_parts
 
-    def full_disk(fd: int, data: bytes) -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 2:
-            real(fd, data[:10])
-            raise OSError(28, "No space left on device")
-        real(fd, data)
+    def full_disk(fd: int, parts: list[bytes]) -> None:
+        real(fd, [b"".join(parts)[:10]])
+        raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(mbox_module, "write_all", full_disk)
+    monkeypatch.setattr(mbox_module, "write_parts", full_disk)
     with pytest.raises(StoreError, match="No space left"):
         store.append(INBOX, [(ref_for(SIMPLE, date=WHEN), SIMPLE)] * 3)
     assert (tmp_path / "INBOX.mbox").read_bytes() == committed
