@@ -463,7 +463,7 @@ class ImapStore(Source, Target):
         if typ != "OK":
             raise self._refused("FETCH", _text(data))
         typ, data = imap._untagged_response(typ, data, "FETCH")
-        fast = parse_meta(data)
+        fast = parse_bodies(data) if "BODY.PEEK[]" in items else parse_meta(data)
         if fast is not None:
             return fast
         return parse_fetch_response(data, False, True)  # type: ignore[no-any-return]
@@ -660,6 +660,31 @@ def parse_meta(data: Sequence[Any]) -> dict[int, dict[bytes, Any]] | None:
             return None
         found[uid] = item
     return found
+
+
+_BODY_HEAD = re.compile(rb"(\d+) \(UID (\d+) BODY\[\] \{\d+\}")
+
+
+def parse_bodies(data: Sequence[Any]) -> dict[int, dict[bytes, Any]] | None:
+    """The usual answer to UID FETCH (BODY.PEEK[]), ``* N FETCH (UID U BODY[] {size}`` and the
+    message, by UID, as parse_fetch_response gives it without lexing each response in Python;
+    None for any other shape (an unsolicited FLAGS update, items in another order)."""
+    found: dict[int, dict[bytes, Any]] = {}
+    closing = False
+    for part in data:
+        if closing:
+            if part != b")":
+                return None
+            closing = False
+            continue
+        if not isinstance(part, tuple) or len(part) != 2:
+            return None
+        head = _BODY_HEAD.fullmatch(part[0])
+        if head is None:
+            return None
+        found[int(head[2])] = {b"SEQ": int(head[1]), b"BODY[]": part[1]}
+        closing = True
+    return None if closing else found
 
 
 def _internaldate(text: bytes) -> datetime | None:

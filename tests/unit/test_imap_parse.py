@@ -7,6 +7,7 @@ from migrator.stores.imap import (
     batches_by_size,
     expand_uid_set,
     parse_appenduid,
+    parse_bodies,
     parse_meta,
     uid_set,
 )
@@ -107,3 +108,29 @@ def test_meta_parse_leaves_other_shapes_to_imapclient() -> None:
         [b"1 (UID 5 FLAGS (\\Seen)"],  # unbalanced
     ):
         assert parse_meta(other) is None
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(1, 2**32 - 1), st.binary(max_size=200)),
+        max_size=6,
+        unique_by=lambda t: t[0],
+    )
+)
+def test_body_parse_is_imapclients(messages: list[tuple[int, bytes]]) -> None:
+    data: list[object] = []
+    for seq, (uid, body) in enumerate(messages, 1):
+        data += [(b"%d (UID %d BODY[] {%d}" % (seq, uid, len(body)), body), b")"]
+    assert parse_bodies(data) == parse_fetch_response(data, False, True)
+
+
+def test_body_parse_leaves_other_shapes_to_imapclient() -> None:
+    body = (b"1 (UID 5 BODY[] {3}", b"abc")
+    assert parse_bodies([body, b")"]) == {5: {b"SEQ": 1, b"BODY[]": b"abc"}}
+    for other in (
+        [body, b")", b"2 (FLAGS (\\Seen))"],  # an unsolicited flag update
+        [(b"1 (BODY[] {3}", b"abc"), b" UID 5)"],  # UID after the body
+        [body],  # no closing parenthesis
+        [body, b" FLAGS (\\Seen))"],
+    ):
+        assert parse_bodies(other) is None
