@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 from datetime import UTC, datetime, timedelta, timezone
+from types import SimpleNamespace
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from migrator.stores.pop3 import (
     _scrub,
+    _Wire,
     apop_digest,
     header_block,
     header_digest,
@@ -85,6 +90,28 @@ def test_unstuff_long_lines_are_untouched() -> None:
 
 def test_unstuff_empty_message() -> None:
     assert unstuff([]) == b""
+
+
+#: Lines as a server sends them: already dot-stuffed, CRLF mostly, now and then a bare LF.
+wire_line = st.builds(
+    lambda text, dots, end: b"." * dots + text + end,
+    st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"").lstrip(b".")),
+    st.integers(0, 3).map(lambda n: n if n != 1 else 2),  # a lone "." line would end the answer
+    st.sampled_from([b"\r\n", b"\r\n", b"\r\n", b"\n"]),
+)
+
+
+@given(st.lists(wire_line, max_size=30), st.integers(1, 64))
+def test_body_reads_exactly_one_answer_as_the_line_by_line_reading_did(
+    lines: list[bytes], buffer: int
+) -> None:
+    """Buffer-sized reads give the bytes that unstuffing the lines one by one gives, and leave
+    the next pipelined answer where it was, whatever the buffer size cuts through."""
+    stream = b"".join(lines) + b".\r\n+OK next\r\n"
+    file = io.BufferedReader(io.BytesIO(stream), buffer_size=buffer)  # type: ignore[arg-type]
+    wire = _Wire(SimpleNamespace(file=file))  # type: ignore[arg-type]
+    assert wire.body() == unstuff(lines)
+    assert file.read() == b"+OK next\r\n"
 
 
 # --- headers and dates ----------------------------------------------------------------------
