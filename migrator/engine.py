@@ -304,6 +304,10 @@ class Engine:
         #: Message bytes fetched and not yet appended, all workers together (see _InFlight).
         self._in_flight = _InFlight(options.batch_bytes * 2 * max(1, options.workers))
         self._budgeted: set[tuple[FolderPath, str]] = set()
+        self._stats_lock = threading.Lock()
+        #: Target connections a folder stream may add to its own, when there are fewer target
+        #: folders than --workers (a POP3 inbox, one big folder): see _stream.
+        self._spare_writers = 0
 
     def _notice(self, text: str) -> None:
         self._notices.append(text)
@@ -347,6 +351,8 @@ class Engine:
             work.put(unit)
         stats = {id(plan): FolderStats(plan) for plan in plans}
         count = max(1, min(self.options.workers, len(units)))
+        if target.concurrent_appends:
+            self._spare_writers = self.options.workers - count
         threads = [
             threading.Thread(
                 target=self._worker,
@@ -737,27 +743,68 @@ class Engine:
             finally:
                 put(_END)
 
+        errors: list[BaseException] = []
+
+        def write(into: Target) -> None:
+            """Append batches until the reader's end (or an error anywhere); several writers
+            share the queue, each on its own connection, and pass the end on to the others."""
+            try:
+                while not abandon.is_set():
+                    try:
+                        item = batches.get(timeout=0.2)
+                    except queue.Empty:
+                        continue
+                    if item is _END or isinstance(item, BaseException):
+                        batches.put_nowait(item)  # for the other writers; a slot was just freed
+                        if isinstance(item, BaseException) and not errors:
+                            errors.append(item)
+                        return
+                    held = sum(ref.size for ref, _ in item)  # type: ignore[attr-defined]
+                    try:
+                        self._write_batch(into, plan, validity, item, stats, pace)  # type: ignore[arg-type]
+                    finally:
+                        item = None  # the batch's bytes are gone before the pool counts them gone
+                        share.release(held)
+                    if self.stop.is_set():
+                        return
+            except BaseException as exc:
+                errors.append(exc)
+                abandon.set()
+
         reader = threading.Thread(target=read, name="migrator-reader", daemon=True)
         reader.start()
+        helpers: list[tuple[threading.Thread, Target]] = []
         try:
-            while True:
-                item = batches.get()
-                if item is _END:
-                    break
-                if isinstance(item, BaseException):
-                    raise item
-                held = sum(ref.size for ref, _ in item)  # type: ignore[attr-defined]
-                try:
-                    self._write_batch(target, plan, validity, item, stats, pace)  # type: ignore[arg-type]
-                finally:
-                    item = None  # the batch's bytes are gone before the pool counts them gone
-                    share.release(held)
-                if self.stop.is_set():
-                    break
+            for n in range(self._spare_writers if len(refs) > options.batch_count else 0):
+                extra = self.open_target()
+                thread = threading.Thread(
+                    target=self._extra_writer, args=(extra, write), name=f"migrator-writer-{n}"
+                )
+                helpers.append((thread, extra))
+                thread.start()
+            write(target)
         finally:
+            for thread, _ in helpers:
+                thread.join()
             abandon.set()
             reader.join()
             share.close()
+        if errors:
+            raise errors[0]
+
+    def _extra_writer(self, target: Target, write: Callable[[Target], None]) -> None:
+        """One more connection appending a stream's batches (see _stream); one that cannot
+        connect leaves the work to the others."""
+        try:
+            target.connect()
+        except (StoreError, ConnectError) as exc:
+            self._notice(f"{target.label}: no second connection for appending ({exc})")
+            target.close()
+            return
+        try:
+            write(target)
+        finally:
+            target.close()
 
     def _fetch_size(self, pace: _Pace) -> int:
         """Bytes per fetch: with a byte rate, about one second of it, so the stream is smooth."""
@@ -846,14 +893,15 @@ class Engine:
             self.journal.commit(
                 src, validity, dst, done, failed, target.resume_point(dst), append_rate=rate
             )
-            stats.copied += len(done)
-            stats.bytes += sum(ref.size for ref, _ in done)
-            for ref, _ in done:
-                if ref.id in changed:
-                    stats.changed += 1
-                    stats.changes.update(changed[ref.id])
-            stats.failed += len(failed)
-            stats.failures.extend((ref.id, reason) for ref, reason in failed)
+            with self._stats_lock:  # several writers may share a folder's stats
+                stats.copied += len(done)
+                stats.bytes += sum(ref.size for ref, _ in done)
+                for ref, _ in done:
+                    if ref.id in changed:
+                        stats.changed += 1
+                        stats.changes.update(changed[ref.id])
+                stats.failed += len(failed)
+                stats.failures.extend((ref.id, reason) for ref, reason in failed)
             self.reporter.advanced(plan, len(part) + len(failed), sum(len(d) for _, d in part))
 
     def _delete_confirmed(

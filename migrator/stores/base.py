@@ -101,6 +101,9 @@ class Target(Store):
     #: dead process had handed to the kernel reach a network server after it. 0 for local stores,
     #: whose writes are done or not when the process dies.
     late_append_window: float = 0.0
+    #: True when appends on several connections to one folder go faster than on one (a server;
+    #: not a file, whose lock lets one writer in at a time).
+    concurrent_appends: bool = False
 
     def ensure_folder(self, path: FolderPath) -> None:
         """Create (and subscribe) the folder and its parents when missing."""

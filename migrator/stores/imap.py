@@ -124,6 +124,7 @@ class ImapStore(Source, Target):
 
     can_delete = True
     late_append_window = 1.0
+    concurrent_appends = True
 
     def __init__(
         self, access: ServerAccess, *, restore_seen: bool = False, gmail_ids: bool = False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,6 +14,7 @@ from migrator.checkpoint import Journal
 from migrator.engine import CopyOptions, Engine
 from migrator.filters import MessageFilter
 from migrator.folders import FolderMap
+from migrator.model import INBOX
 from tests.unit.memstore import Crash, MemoryStore
 
 FOLDERS = [("INBOX",), ("Archive",), ("Archive", "2023"), ("Sent",)]
@@ -340,3 +342,47 @@ def test_a_big_message_after_small_ones_does_not_wait_for_itself(tmp_path):
     assert done.wait(20), "the engine waited for bytes it held itself"
     journal.close()
     assert result["summary"].total("copied") == 4
+
+
+class _Connection(MemoryStore):
+    """One more connection to the same in-memory server: mailboxes shared, appends serialised
+    by the server (here a lock) and slow enough for several connections to be worth it."""
+
+    concurrent_appends = True
+    server_lock = threading.Lock()
+
+    def append(self, path, items):  # type: ignore[no-untyped-def]
+        time.sleep(0.003)
+        with self.server_lock:
+            return super().append(path, items)
+
+
+def _server(boxes: dict, opened: list[_Connection], drop_second_at: int | None = None):
+    def open_target() -> _Connection:
+        connection = _Connection(delimiter=".", label=f"dst#{len(opened)}")
+        connection.boxes = boxes
+        if len(opened) == 1:
+            connection.drop_at_append = drop_second_at
+        opened.append(connection)
+        return connection
+
+    return open_target
+
+
+@pytest.mark.parametrize("drop", [None, 2])
+def test_one_big_folder_is_appended_on_spare_connections(drop: int | None) -> None:
+    """With fewer target folders than --workers (a POP3 inbox, one big folder), the spare
+    connections append the same folder's batches; a drop on one of them is resumed; every
+    message lands once."""
+    src = MemoryStore(label="src")
+    for i in range(60):
+        src.add(INBOX, message(i), date=datetime(2020, 1, 1, tzinfo=UTC))
+    boxes: dict = {INBOX: MemoryStore().boxes[INBOX]}
+    opened: list[_Connection] = []
+    journal = Journal.in_memory()
+    options = CopyOptions(workers=3, batch_count=2, retry_delay=0.0)
+    summary = Engine(lambda: src, _server(boxes, opened, drop), journal, options).run()
+    journal.close()
+    assert summary.ok and summary.total("copied") == 60
+    assert sorted(m.data for m in boxes[INBOX].messages) == sorted(src.bodies(INBOX))
+    assert sum(1 for c in opened if c.appends) >= 2  # the spare connections did append
