@@ -271,6 +271,16 @@ class _Share:
 
 _END = object()
 
+
+@dataclass
+class _Helpable:
+    """A folder stream that other workers may append batches for (see Engine._help)."""
+
+    write: Callable[[Target], None]
+    #: Helpers appending for it now (under Engine._helping).
+    writers: int = 0
+
+
 #: The first append of a worker (it grows from there, see _Pace).
 FIRST_APPEND_BYTES = 256 * 1024
 #: Bytes a second assumed for a target whose rate was never measured (Engine._reconcile).
@@ -305,9 +315,11 @@ class Engine:
         self._in_flight = _InFlight(options.batch_bytes * 2 * max(1, options.workers))
         self._budgeted: set[tuple[FolderPath, str]] = set()
         self._stats_lock = threading.Lock()
-        #: Target connections a folder stream may add to its own, when there are fewer target
-        #: folders than --workers (a POP3 inbox, one big folder): see _stream.
-        self._spare_writers = 0
+        #: Folder streams whose batches a worker with no folder left may append (see _help),
+        #: and how many workers are still inside a folder; both under _helping.
+        self._helpable: list[_Helpable] = []
+        self._busy = 0
+        self._helping = threading.Condition()
 
     def _notice(self, text: str) -> None:
         self._notices.append(text)
@@ -350,9 +362,7 @@ class Engine:
         for unit in units.values():
             work.put(unit)
         stats = {id(plan): FolderStats(plan) for plan in plans}
-        count = max(1, min(self.options.workers, len(units)))
-        if target.concurrent_appends:
-            self._spare_writers = self.options.workers - count
+        count = max(1, self.options.workers)
         threads = [
             threading.Thread(
                 target=self._worker,
@@ -393,14 +403,25 @@ class Engine:
         pace = _Pace(self.options.batch_bytes, self.options.min_batch_bytes)
         try:
             while not self.stop.is_set():
-                try:
-                    unit = work.get_nowait()
-                except queue.Empty:
+                with self._helping:
+                    try:
+                        unit = work.get_nowait()
+                    except queue.Empty:
+                        unit = None
+                    else:
+                        self._busy += 1
+                if unit is None:
+                    self._help(target)
                     return
-                for plan in unit:
-                    if self.stop.is_set():
-                        return
-                    self._folder_with_retries(source, target, plan, stats[id(plan)], pace)
+                try:
+                    for plan in unit:
+                        if self.stop.is_set():
+                            return
+                        self._folder_with_retries(source, target, plan, stats[id(plan)], pace)
+                finally:
+                    with self._helping:
+                        self._busy -= 1
+                        self._helping.notify_all()
         except _Stop:
             return
         except BaseException as exc:  # one worker's fatal error stops them all
@@ -773,38 +794,52 @@ class Engine:
 
         reader = threading.Thread(target=read, name="migrator-reader", daemon=True)
         reader.start()
-        helpers: list[tuple[threading.Thread, Target]] = []
+        helpable = _Helpable(write)
+        if target.concurrent_appends and len(refs) > options.batch_count:
+            with self._helping:
+                self._helpable.append(helpable)
+                self._helping.notify_all()
         try:
-            for n in range(self._spare_writers if len(refs) > options.batch_count else 0):
-                extra = self.open_target()
-                thread = threading.Thread(
-                    target=self._extra_writer, args=(extra, write), name=f"migrator-writer-{n}"
-                )
-                helpers.append((thread, extra))
-                thread.start()
             write(target)
         finally:
-            for thread, _ in helpers:
-                thread.join()
+            with self._helping:
+                if helpable in self._helpable:
+                    self._helpable.remove(helpable)
+                while helpable.writers:  # the helpers' last batches are committed first
+                    self._helping.wait(0.2)
             abandon.set()
             reader.join()
             share.close()
         if errors:
             raise errors[0]
 
-    def _extra_writer(self, target: Target, write: Callable[[Target], None]) -> None:
-        """One more connection appending a stream's batches (see _stream); one that cannot
-        connect leaves the work to the others."""
-        try:
-            target.connect()
-        except (StoreError, ConnectError) as exc:
-            self._notice(f"{target.label}: no second connection for appending ({exc})")
-            target.close()
+    def _help(self, target: Target) -> None:
+        """A worker with no folder left appends, on its own connection, the batches of folders
+        others are still streaming: a big folder (a POP3 inbox, one huge INBOX) is not left to
+        one connection while the others sit idle. Returns when no folder is left at all."""
+        if not target.concurrent_appends:
             return
-        try:
-            write(target)
-        finally:
-            target.close()
+        while not self.stop.is_set():
+            with self._helping:
+                if not self._helpable:
+                    if self._busy == 0:
+                        return
+                    self._helping.wait(0.2)
+                    continue
+                stream = min(self._helpable, key=lambda h: h.writers)
+                stream.writers += 1
+            try:
+                target.connect()
+                stream.write(target)
+            except (StoreError, ConnectError) as exc:
+                # Cannot connect (or lost it before writing): leave the work to the owner.
+                self._notice(f"{target.label}: a spare connection could not help ({exc})")
+                if self.stop.wait(1.0):
+                    return
+            finally:
+                with self._helping:
+                    stream.writers -= 1
+                    self._helping.notify_all()
 
     def _fetch_size(self, pace: _Pace) -> int:
         """Bytes per fetch: with a byte rate, about one second of it, so the stream is smooth."""

@@ -370,19 +370,24 @@ def _server(boxes: dict, opened: list[_Connection], drop_second_at: int | None =
 
 
 @pytest.mark.parametrize("drop", [None, 2])
-def test_one_big_folder_is_appended_on_spare_connections(drop: int | None) -> None:
-    """With fewer target folders than --workers (a POP3 inbox, one big folder), the spare
-    connections append the same folder's batches; a drop on one of them is resumed; every
-    message lands once."""
+@pytest.mark.parametrize("small_folders", [0, 2])
+def test_workers_with_no_folder_left_append_for_the_others(
+    drop: int | None, small_folders: int
+) -> None:
+    """A worker with no folder left (a POP3 inbox alone, or one big folder among small ones)
+    appends the big folder's batches on its own connection; a drop on one of those connections
+    is resumed; every message lands once."""
     src = MemoryStore(label="src")
     for i in range(60):
         src.add(INBOX, message(i), date=datetime(2020, 1, 1, tzinfo=UTC))
+    for n in range(small_folders):
+        src.add((f"small{n}",), message(100 + n))
     boxes: dict = {INBOX: MemoryStore().boxes[INBOX]}
     opened: list[_Connection] = []
     journal = Journal.in_memory()
     options = CopyOptions(workers=3, batch_count=2, retry_delay=0.0)
     summary = Engine(lambda: src, _server(boxes, opened, drop), journal, options).run()
     journal.close()
-    assert summary.ok and summary.total("copied") == 60
+    assert summary.ok and summary.total("copied") == 60 + small_folders
     assert sorted(m.data for m in boxes[INBOX].messages) == sorted(src.bodies(INBOX))
-    assert sum(1 for c in opened if c.appends) >= 2  # the spare connections did append
+    assert sum(1 for c in opened if c.appends) >= 2  # the idle workers' connections did append
