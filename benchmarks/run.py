@@ -371,10 +371,18 @@ def git_rev() -> str:
     return "?"
 
 
-def write_results(path: Path, data: dict, markdown: str) -> None:
+def results_stem(data: dict) -> str:
+    """``latest`` for a run that finished; an interrupted run's partial figures go beside it
+    (``interrupted``), never over the last complete table."""
+    return "interrupted" if data.get("interrupted") else "latest"
+
+
+def write_results(path: Path, data: dict, markdown: str) -> Path:
     path.mkdir(parents=True, exist_ok=True)
-    (path / "latest.json").write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
-    (path / "latest.md").write_text(markdown)
+    stem = results_stem(data)
+    (path / f"{stem}.json").write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+    (path / f"{stem}.md").write_text(markdown)
+    return path / stem
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
@@ -560,8 +568,8 @@ def publish(data: dict[str, Any], results: Path) -> None:
     say("\n" + markdown)
     data["summary"] = [vars(r) for r in rows]
     data["ratios"] = [vars(r) for r in ratios]
-    write_results(results, data, markdown)
-    say(f"Raw figures: {results / 'latest.json'}; table: {results / 'latest.md'}")
+    stem = write_results(results, data, markdown)
+    say(f"Raw figures: {stem}.json; table: {stem}.md")
 
 
 def _load(runs: list[Run]) -> str:
