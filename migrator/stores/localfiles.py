@@ -295,8 +295,15 @@ def date_from_headers(header: bytes) -> datetime | None:
     return newest or date_field
 
 
+_BARE_CR = re.compile(rb"\r(?!\n)")
+
+
 def to_lf(data: bytes) -> bytes:
     """Line endings as mbox and Maildir keep them (Dovecot serves them back as CRLF)."""
+    # Deleting every CR and looking for a bare one are each three times cheaper than replace(),
+    # which searches for every CRLF twice; a bare CR (rare) is kept, so replace() does it then.
+    if _BARE_CR.search(data) is None:
+        return data.translate(None, b"\r")
     return data.replace(b"\r\n", b"\n")
 
 
