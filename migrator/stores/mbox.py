@@ -50,6 +50,7 @@ the promise that nothing archived is ever rewritten and race with mail clients r
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -102,6 +103,8 @@ KEPT_PREFIX = b"X-Migrator-Kept-"
 _BOOKKEEPING = rb"status|x-status|x-keywords|x-uid|x-imap|x-imapbase|content-length"
 #: A header line starting a bookkeeping field, or one we renamed to keep it (group 1: prefixes).
 _FIELD = re.compile(rb"((?:x-migrator-kept-)*)(" + _BOOKKEEPING + rb")[ \t]*:", re.IGNORECASE)
+#: _FIELD at the start of any line of a header that is given a leading LF.
+_ANY_FIELD = re.compile(rb"\n" + _FIELD.pattern, re.IGNORECASE)
 _QUOTE = re.compile(rb"^(>*From )", re.MULTILINE)
 _UNQUOTE = re.compile(rb"^>(>*From )", re.MULTILINE)
 _CONTENT_LENGTH = re.compile(rb"content-length[ \t]*:[ \t]*(\d{1,15})[ \t]*\r?\n", re.IGNORECASE)
@@ -175,14 +178,16 @@ def format_from_line(date: datetime, sender: str = "MAILER-DAEMON") -> bytes:
     return text.encode("ascii")
 
 
+#: Searched in the header with a leading LF: a pattern that starts with a literal is found at C
+#: speed, one that starts with ^ is tried at every byte.
 _RETURN_PATH = re.compile(
-    rb"^return-path:[ \t]*<?([!-;=?-~]*@[!-;=?-~]*)>?[ \t]*\r?$", re.IGNORECASE | re.MULTILINE
+    rb"\nreturn-path:[ \t]*<?([!-;=?-~]*@[!-;=?-~]*)>?[ \t]*\r?(?=\n|\Z)", re.IGNORECASE
 )
 
 
 def _sender(header: bytes) -> str:
     """The envelope sender for the From_ line: Return-Path when it is one plain address."""
-    match = _RETURN_PATH.search(header)
+    match = _RETURN_PATH.search(b"\n" + header)
     return match[1].decode("ascii") if match else "MAILER-DAEMON"
 
 
@@ -226,7 +231,13 @@ def imapbase_field(keywords: Iterable[str], validity: int) -> bytes:
 
 
 def _flags_fields(flags: Iterable[str]) -> bytes:
-    flags = set(flags) - UNCOPIED_FLAGS
+    # Listings share one frozenset per distinct set of flags: a handful per folder.
+    return _flags_fields_of(flags if isinstance(flags, frozenset) else frozenset(flags))
+
+
+@functools.lru_cache(maxsize=256)
+def _flags_fields_of(flags: frozenset[str]) -> bytes:
+    flags = flags - UNCOPIED_FLAGS
     fields = b"Status: RO\n" if "\\Seen" in flags else b"Status: O\n"
     xstatus = "".join(
         letter
@@ -272,8 +283,10 @@ def render_parts(
         # The header goes on past the first piece (or there is no body): take it all at once.
         cut = len(message)
         header, rest = _split_header(to_lf(message))
-    escaped = b"".join(
-        KEPT_PREFIX + line if _FIELD.match(line) else line for line in _lines(header)
+    escaped = (
+        b"".join(KEPT_PREFIX + line if _FIELD.match(line) else line for line in _lines(header))
+        if _ANY_FIELD.search(b"\n" + header)
+        else header  # the usual case: no field of ours to rename, no line to split
     )
     fields = first_fields + _flags_fields(flags)
     if rest or not header or header.endswith(b"\n"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import signal
 import time
 from datetime import UTC, datetime, timedelta, timezone
@@ -23,6 +24,7 @@ from migrator.stores.localfiles import header_block, to_lf
 from migrator.stores.mbox import (
     VALIDITY,
     MboxStore,
+    _sender,
     _split_header,
     decode_record,
     format_from_line,
@@ -185,6 +187,40 @@ def test_unseen_message_gets_status_o_and_sender_from_return_path() -> None:
     record = render_message(SIMPLE, set(), WHEN)
     assert record.startswith(b"From alice@example.org Sat May  6")
     assert b"\nStatus: O\n" in record and b"X-Status" not in record
+
+
+_PLAIN_RETURN_PATH = re.compile(
+    rb"^return-path:[ \t]*<?([!-;=?-~]*@[!-;=?-~]*)>?[ \t]*\r?$", re.IGNORECASE | re.MULTILINE
+)
+
+
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                b"Return-Path:",
+                b"return-PATH:",
+                b" ",
+                b"\t",
+                b"<",
+                b">",
+                b"a@b",
+                b"@",
+                b"x",
+                b"\r",
+                b"\n",
+                b"\r\n",
+                b"From: c@d",
+                b"\xff",
+            ]
+        ),
+        max_size=20,
+    ).map(b"".join)
+)
+def test_sender_is_what_the_plain_line_anchored_pattern_finds(header: bytes) -> None:
+    """_sender searches from a literal LF for speed; it must find what ^...$ finds."""
+    match = _PLAIN_RETURN_PATH.search(header)
+    assert _sender(header) == (match[1].decode("ascii") if match else "MAILER-DAEMON")
 
 
 def test_message_without_internaldate_takes_received_then_date() -> None:

@@ -1,7 +1,10 @@
+import hashlib
+import re
+
 from hypothesis import given
 from hypothesis import strategies as st
 
-from migrator.model import crlf_size, header_fields, message_key, to_crlf
+from migrator.model import crlf_size, header_fields, message_key, to_crlf, unfold
 
 
 def test_key_uses_message_id_and_size():
@@ -31,3 +34,73 @@ def test_to_crlf_is_idempotent_and_keeps_existing_crlf(data):
     once = to_crlf(data)
     assert to_crlf(once) == once
     assert once.replace(b"\r\n", b"\n") == data.replace(b"\r\n", b"\n")
+
+
+# The identity key is stored in journals, so a faster way to compute it must give the same
+# answer as the plain one it replaced: a regex unfold, then every line split in Python.
+_REFERENCE_FOLD = re.compile(rb"\r?\n[ \t]+")
+
+
+def reference_header_fields(header: bytes) -> dict[bytes, bytes]:
+    end = len(header)
+    for sep in (b"\r\n\r\n", b"\n\n"):
+        if (pos := header.find(sep)) >= 0:
+            end = pos
+            break
+    fields: dict[bytes, bytes] = {}
+    for line in _REFERENCE_FOLD.sub(b" ", header[:end]).splitlines():
+        name, sep, value = line.partition(b":")
+        if sep and name and b" " not in name.strip():
+            fields.setdefault(name.strip().lower(), value.strip())
+    return fields
+
+
+def reference_message_key(header: bytes, size: int) -> str:
+    fields = reference_header_fields(header)
+    mid = fields.get(b"message-id", b"").strip()
+    if mid:
+        return f"mid:{mid.decode('utf-8', 'replace')}:{size}"
+    digest = hashlib.sha256()
+    for name in (b"date", b"from", b"to", b"subject"):
+        digest.update(name + b"\0" + b" ".join(fields.get(name, b"").split()) + b"\0")
+    return f"hdr:{digest.hexdigest()[:32]}:{size}"
+
+
+header_text = st.lists(
+    st.sampled_from(
+        [
+            b"Message-ID",
+            b"message-id",
+            b"Date",
+            b"FROM",
+            b"To",
+            b"Subject",
+            b"X-To",
+            b"Received",
+            b":",
+            b": ",
+            b" ",
+            b"\t",
+            b"\r",
+            b"\n",
+            b"\r\n",
+            b"\v",
+            b"\f",
+            b"<a@b>",
+            b"x",
+            b"\xff",
+        ]
+    ),
+    max_size=40,
+).map(b"".join)
+
+
+@given(header_text | st.binary(max_size=200))
+def test_unfold_joins_exactly_what_the_plain_regex_joins(block: bytes) -> None:
+    assert unfold(block) == _REFERENCE_FOLD.sub(b" ", block)
+
+
+@given(header_text | st.binary(max_size=200), st.integers(min_value=0, max_value=10**9))
+def test_message_key_is_the_key_the_plain_header_parser_gives(header: bytes, size: int) -> None:
+    assert header_fields(header) == reference_header_fields(header)
+    assert message_key(header, size) == reference_message_key(header, size)
