@@ -460,6 +460,8 @@ class ImapStore(Source, Target):
         command lines are refused by some servers)."""
         imap = self._c._imap
         tag = imap._command("UID", "FETCH", uids, items)
+        if imap.debug == 0:  # with --debug, imaplib logs each line itself
+            read_fetch_answers(imap, tag)
         typ, data = imap._command_complete("FETCH", tag)
         if typ != "OK":
             raise self._refused("FETCH", _text(data))
@@ -661,6 +663,47 @@ def parse_meta(data: Sequence[Any]) -> dict[int, dict[bytes, Any]] | None:
             return None
         found[uid] = item
     return found
+
+
+#: An untagged FETCH response's first line: message number, the rest (imaplib's "data"), and
+#: the size of the literal that follows, if any.
+_FETCH_LINE = re.compile(rb"\* (\d+) FETCH (.*?(?:\{(\d+)\})?)\r\n")
+_LITERAL_END = re.compile(rb"\{(\d+)\}\Z")
+#: Bytes looked at before taking a response line as one read_fetch_answers() can parse.
+_PEEK = 256
+
+
+def read_fetch_answers(imap: imaplib.IMAP4, tag: Any) -> None:
+    """Read the answers to the FETCH command ``tag`` up to its tagged completion, storing them as
+    imaplib's response loop does, for its ``_command_complete`` to return.
+
+    imaplib spends about as long on each response as on the bytes of a small message (a repr of
+    every line for its debug log, four regex matches, its bookkeeping). Here an untagged FETCH
+    whose first line lies whole in the read buffer is parsed with one match, its literals read
+    straight from the buffered socket; anything else (the tagged completion, EXISTS, BYE, a line
+    not yet buffered) is left to imaplib, one response at a time, so nothing is read twice."""
+    file = imap.file
+    peek = getattr(file, "peek", None)
+    pending = imap.tagged_commands
+    while pending.get(tag) is None:
+        head: bytes = peek(_PEEK) if peek is not None else b""
+        end = head.find(b"\r\n") if head[:2] == b"* " else -1
+        line = _FETCH_LINE.fullmatch(head, 0, end + 2) if end > 0 else None
+        if line is None:
+            imap._check_bye()
+            imap._get_response()
+            continue
+        file.read(end + 2)
+        data, size = line[1] + b" " + line[2], line[3]
+        while size is not None:
+            literal = file.read(int(size))
+            if len(literal) != int(size):
+                raise imap.abort("socket error: EOF")
+            imap._append_untagged("FETCH", (data, literal))
+            data = imap._get_line()  # the rest of the response, maybe ending in another literal
+            more = _LITERAL_END.search(data)
+            size = more[1] if more else None
+        imap._append_untagged("FETCH", data)
 
 
 _BODY_HEAD = re.compile(rb"(\d+) \(UID (\d+) BODY\[\] \{\d+\}")

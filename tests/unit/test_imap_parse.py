@@ -1,3 +1,8 @@
+import imaplib
+import io
+import re
+
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from imapclient.response_parser import parse_fetch_response
@@ -9,6 +14,7 @@ from migrator.stores.imap import (
     parse_appenduid,
     parse_bodies,
     parse_meta,
+    read_fetch_answers,
     uid_set,
 )
 
@@ -134,3 +140,88 @@ def test_body_parse_leaves_other_shapes_to_imapclient() -> None:
         [body, b" FLAGS (\\Seen))"],
     ):
         assert parse_bodies(other) is None
+
+
+# -- reading a FETCH command's answers ----------------------------------------------------------
+
+
+class ScriptedImap(imaplib.IMAP4):
+    """imaplib reading a server's bytes from memory: the greeting, then ``answers``."""
+
+    def __init__(self, answers: bytes, buffer_size: int) -> None:
+        self._script = b"* OK [CAPABILITY IMAP4rev1] ready\r\n" + answers
+        self._buffer_size = buffer_size
+        super().__init__()
+        self.tagpre, self.tagnum = b"T", 1  # tags the script can name: T1, T2, ...
+        self.tagre = re.compile(rb"(?P<tag>T\d+) (?P<type>[A-Z]+) (?P<data>.*)", re.ASCII)
+        self.state = "SELECTED"
+
+    def open(self, host: str = "", port: int = 0, timeout: float | None = None) -> None:
+        self.file = io.BufferedReader(io.BytesIO(self._script), self._buffer_size)  # type: ignore[arg-type]
+
+    def send(self, data: bytes) -> None:
+        pass
+
+    def _get_capabilities(self) -> None:
+        self.capabilities = ("IMAP4REV1",)
+
+
+def untagged_fetch(draw: st.DrawFn, seq: int) -> bytes:
+    """One untagged response of the shapes a FETCH can bring, literals included."""
+    kind = draw(st.sampled_from(["body", "two", "flags", "exists", "alert", "odd"]))
+    body = draw(st.binary(max_size=300) | st.sampled_from([b"", b"x)\r\n", b"{3}\r\nabc"]))
+    if kind == "body":
+        return b"* %d FETCH (UID %d BODY[] {%d}\r\n%b)\r\n" % (seq, seq + 7, len(body), body)
+    if kind == "two":
+        return b"* %d FETCH (UID %d BODY[HEADER] {%d}\r\n%b BODY[TEXT] {2}\r\nhi)\r\n" % (
+            seq,
+            seq,
+            len(body),
+            body,
+        )
+    if kind == "flags":
+        return b"* %d FETCH (FLAGS (\\Seen $Work) UID %d)\r\n" % (seq, seq)
+    if kind == "exists":
+        return b"* %d EXISTS\r\n" % seq
+    if kind == "alert":
+        return b"* OK [ALERT] mind the {gap}\r\n"
+    return b"* %d FETCH\r\n" % seq  # no data at all: imaplib's to read
+
+
+@st.composite
+def fetch_answers(draw: st.DrawFn) -> bytes:
+    responses = [untagged_fetch(draw, n) for n in range(1, draw(st.integers(0, 8)) + 1)]
+    done = draw(st.sampled_from([b"T1 OK done\r\n", b"T1 NO [SERVERBUG] nope\r\n"]))
+    return b"".join(responses) + done
+
+
+def fetch_plainly(imap: imaplib.IMAP4, fast: bool) -> tuple[str, list, dict]:
+    tag = imap._command("UID", "FETCH", "1:*", "(BODY.PEEK[])")
+    if fast:
+        read_fetch_answers(imap, tag)
+    typ, data = imap._command_complete("FETCH", tag)
+    typ, data = imap._untagged_response(typ, data, "FETCH")
+    return typ, data, dict(imap.untagged_responses)
+
+
+@given(fetch_answers(), st.sampled_from([16, 40, 100, 8192]))
+def test_fetch_answers_are_stored_as_imaplib_stores_them(answers: bytes, buffer: int) -> None:
+    """Whatever mix of responses arrives, and wherever the read buffer cuts them, the caller
+    gets what imaplib's own loop gives: same items, same order, same leftovers."""
+    assert fetch_plainly(ScriptedImap(answers, buffer), fast=True) == fetch_plainly(
+        ScriptedImap(answers, 8192), fast=False
+    )
+
+
+def test_fetch_answers_cut_short_are_a_lost_connection() -> None:
+    imap = ScriptedImap(b"* 1 FETCH (UID 1 BODY[] {10}\r\nonly5", 8192)
+    tag = imap._command("UID", "FETCH", "1", "(BODY.PEEK[])")
+    with pytest.raises(imaplib.IMAP4.abort):
+        read_fetch_answers(imap, tag)
+
+
+def test_fetch_answers_with_a_bye_are_a_lost_connection() -> None:
+    imap = ScriptedImap(b"* 1 FETCH (UID 1 BODY[] {2}\r\nhi)\r\n* BYE shutting down\r\n", 8192)
+    tag = imap._command("UID", "FETCH", "1", "(BODY.PEEK[])")
+    with pytest.raises(imaplib.IMAP4.abort, match="shutting down"):
+        read_fetch_answers(imap, tag)
