@@ -16,7 +16,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Protocol, cast
 
 from migrator import heap
 from migrator.checkpoint import Journal
@@ -184,8 +184,8 @@ class _Pace:
     (double): a link that breaks every few hundred kB still moves mail, where a fixed 8 MB batch
     would fail the same way at every reconnect."""
 
-    def __init__(self, ceiling: int, floor: int) -> None:
-        self.ceiling = ceiling
+    def __init__(self, ceiling: int, floor: int, append_ceiling: int | None = None) -> None:
+        self.ceilings = {"fetch": ceiling, "append": append_ceiling or ceiling}
         self.floor = min(floor, ceiling)
         self.fetch = ceiling
         # Appends start small and double: the first batch measures the target's rate (see
@@ -200,7 +200,7 @@ class _Pace:
         setattr(self, which, max(self.floor, current // 8))
 
     def grow(self, which: str) -> None:
-        setattr(self, which, min(self.ceiling, getattr(self, which) * 2))
+        setattr(self, which, min(self.ceilings[which], getattr(self, which) * 2))
 
 
 def _chunk(refs: Sequence[MessageRef], start: int, limit: int) -> list[MessageRef]:
@@ -311,6 +311,8 @@ class Engine:
         self._notices: list[str] = []
         #: Set when a daily budget is spent: the message saying when to rerun.
         self._stopped: str | None = None
+        #: Fetched batches one append may take together: the target's commit_group (see run).
+        self._group = 1
         #: Message bytes fetched and not yet appended, all workers together (see _InFlight).
         self._in_flight = _InFlight(options.batch_bytes * 2 * max(1, options.workers))
         self._budgeted: set[tuple[FolderPath, str]] = set()
@@ -341,6 +343,10 @@ class Engine:
             source.close()
             target.close()
             raise
+        # Room for a group of batches waiting for the writer and one being fetched, per worker.
+        self._group = max(1, target.commit_group)
+        workers = max(1, self.options.workers)
+        self._in_flight = _InFlight(self.options.batch_bytes * (self._group + 1) * workers)
         if not source.stable_ids:
             self._notice(
                 f"{source.label}: the server gives no stable message ids (no UIDL), so messages "
@@ -400,7 +406,11 @@ class Engine:
         stores: tuple[Source, Target] | None,
     ) -> None:
         source, target = stores or (self.open_source(), self.open_target())
-        pace = _Pace(self.options.batch_bytes, self.options.min_batch_bytes)
+        pace = _Pace(
+            self.options.batch_bytes,
+            self.options.min_batch_bytes,
+            append_ceiling=self.options.batch_bytes * self._group,
+        )
         try:
             while not self.stop.is_set():
                 with self._helping:
@@ -709,7 +719,7 @@ class Engine:
         stats: FolderStats,
         pace: _Pace,
     ) -> None:
-        batches: queue.Queue[object] = queue.Queue(maxsize=2)
+        batches: queue.Queue[object] = queue.Queue(maxsize=self._group + 1)
         share = self._in_flight.share()
         abandon = threading.Event()
         options = self.options
@@ -766,6 +776,21 @@ class Engine:
 
         errors: list[BaseException] = []
 
+        def gather(most: int) -> list[tuple[MessageRef, bytes | MessageError]]:
+            """Up to ``most`` more batches that are already waiting, in order: one commit for
+            all of them when the writer has fallen behind (see Target.commit_group)."""
+            more: list[tuple[MessageRef, bytes | MessageError]] = []
+            for _ in range(most):
+                try:
+                    item = batches.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _END or isinstance(item, BaseException):
+                    batches.put_nowait(item)  # the reader's last word stays last
+                    break
+                more.extend(cast(list[tuple[MessageRef, bytes | MessageError]], item))
+            return more
+
         def write(into: Target) -> None:
             """Append batches until the reader's end (or an error anywhere); several writers
             share the queue, each on its own connection, and pass the end on to the others."""
@@ -780,6 +805,7 @@ class Engine:
                         if isinstance(item, BaseException) and not errors:
                             errors.append(item)
                         return
+                    item = item + gather(self._group - 1)  # type: ignore[operator]
                     held = sum(ref.size for ref, _ in item)  # type: ignore[attr-defined]
                     try:
                         self._write_batch(into, plan, validity, item, stats, pace)  # type: ignore[arg-type]

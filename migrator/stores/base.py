@@ -104,6 +104,10 @@ class Target(Store):
     #: True when appends on several connections to one folder go faster than on one (a server;
     #: not a file, whose lock lets one writer in at a time).
     concurrent_appends: bool = False
+    #: How many fetched batches one append may gather when they are waiting (one durable commit
+    #: for all). A server's commit is a round trip that pipelining hides; a local archive's is a
+    #: handful of fsyncs (file, directory, journal) that a few megabytes of mail amortise.
+    commit_group: int = 1
 
     def ensure_folder(self, path: FolderPath) -> None:
         """Create (and subscribe) the folder and its parents when missing."""

@@ -128,6 +128,8 @@ class MaildirStore(Source, Target):
     delimiter = "."
     stable_ids = True
     can_delete = True
+    #: A batch ends with an fsync of cur/ and two journal commits (see Target.commit_group).
+    commit_group = 4
 
     def __init__(
         self, path: Path, *, create: bool = True, lock_timeout: float = LOCK_TIMEOUT

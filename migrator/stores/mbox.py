@@ -494,6 +494,8 @@ class MboxStore(Source, Target):
     delimiter = "/"
     stable_ids = True
     can_delete = False
+    #: A batch costs four fsyncs and two journal commits (see Target.commit_group).
+    commit_group = 4
 
     def __init__(
         self, path: Path, *, create: bool = True, lock_timeout: float = LOCK_TIMEOUT
