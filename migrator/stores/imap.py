@@ -139,7 +139,8 @@ class ImapStore(Source, Target):
         #: Gmail: folder name -> X-GM-MSGID -> UID, learnt by list_messages.
         self._gm_uids: dict[str, dict[str, int]] = {}
         #: One frozenset per distinct set of flags, shared by every message that has it.
-        self._flag_sets: dict[frozenset[str], frozenset[str]] = {}
+        #: Shared flag sets, by themselves and by the answer's raw FLAGS tuple.
+        self._flag_sets: dict[Any, frozenset[str]] = {}
         self.label = access.label or f"imap://{access.user}@{access.host}:{access.port}"
         self._client: IMAPClient | None = None
         self._caps: frozenset[str] = frozenset()
@@ -260,7 +261,7 @@ class ImapStore(Source, Target):
         sock = client.socket()
         subject = ""
         if isinstance(sock, ssl.SSLSocket):
-            cert = sock.getpeercert() or {}
+            cert: dict[str, Any] = sock.getpeercert() or {}  # typeshed's union hides the shapes
             subject = ", ".join(f"{k}={v}" for rdn in cert.get("subject", ()) for k, v in rdn)
             names = ", ".join(str(v) for _, v in cert.get("subjectAltName", ()))
             if names:
@@ -473,21 +474,28 @@ class ImapStore(Source, Target):
 
     def _ref(self, uid: int, item: dict[bytes, Any], keys: bool = True) -> MessageRef:
         size = int(item.get(b"RFC822.SIZE", 0))
-        flags = (
-            frozenset(
-                f.decode() if isinstance(f, bytes) else str(f) for f in item.get(b"FLAGS", ())
-            )
-            - UNCOPIED_FLAGS
-        )
+        raw = item.get(b"FLAGS", ())
+        flags = self._flag_sets.get(raw)
+        if flags is None:
+            kept = frozenset(f.decode() if isinstance(f, bytes) else str(f) for f in raw)
+            kept -= UNCOPIED_FLAGS
+            # One frozenset per distinct set of flags: a listing has a handful, not one each.
+            flags = self._flag_sets.setdefault(kept, kept)
+            if isinstance(raw, tuple):
+                self._flag_sets[raw] = flags
         date = item.get(b"INTERNALDATE")
-        if isinstance(date, datetime) and (offset := date.utcoffset()) is not None:
+        if (
+            isinstance(date, datetime)
+            and (offset := date.utcoffset()) is not None
+            and date.tzinfo is not (zone := _zone(offset))
+        ):
             # imapclient gives each date its own zone object; a listing keeps one per offset.
-            date = date.replace(tzinfo=_zone(offset))
+            date = date.replace(tzinfo=zone)
         header = item.get(_KEY_RESPONSE) or b""
         return MessageRef(
             id=str(uid),
             size=size,
-            flags=self._flag_sets.setdefault(flags, flags),
+            flags=flags,
             date=date if isinstance(date, datetime) else None,
             key=message_key(header, size) if keys else "",
         )
@@ -625,6 +633,12 @@ _META_ITEM = re.compile(rb'(UID|RFC822\.SIZE|FLAGS|INTERNALDATE) (\d+|\([^()"]*\
 _INTERNALDATE = re.compile(
     rb" ?(\d{1,2})-([A-Za-z]{3})-(\d{4}) (\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d)"
 )
+#: The answer's usual shape, Dovecot's and most servers': the items in the order asked for.
+_META_USUAL = re.compile(
+    rb'(\d+) \(UID (\d+) RFC822\.SIZE (\d+) FLAGS \(([^()"]*)\) INTERNALDATE "([^"]*)"\)'
+)
+#: Time zones by their text in INTERNALDATE (sign, hours, minutes): one object per zone.
+_ZONES: dict[tuple[Any, ...], timezone] = {}
 _MONTHS = {
     name: n for n, name in enumerate(b"jan feb mar apr may jun jul aug sep oct nov dec".split(), 1)
 }
@@ -637,6 +651,15 @@ def parse_meta(data: Sequence[Any]) -> dict[int, dict[bytes, Any]] | None:
     caller leaves to imapclient."""
     found: dict[int, dict[bytes, Any]] = {}
     for line in data:
+        usual = _META_USUAL.fullmatch(line) if isinstance(line, bytes) else None
+        if usual is not None and (date := _internaldate(usual[5])) is not None:
+            found[int(usual[2])] = {
+                b"SEQ": int(usual[1]),
+                b"RFC822.SIZE": int(usual[3]),
+                b"FLAGS": tuple(usual[4].split()),
+                b"INTERNALDATE": date,
+            }
+            continue
         if not isinstance(line, bytes) or (whole := _META_LINE.fullmatch(line)) is None:
             return None
         item: dict[bytes, Any] = {b"SEQ": int(whole[1])}
@@ -736,11 +759,22 @@ def _internaldate(text: bytes) -> datetime | None:
     month = _MONTHS.get(parts[2].lower()) if parts else None
     if parts is None or month is None:
         return None
-    minutes = int(parts[8]) * 60 + int(parts[9])
-    zone = _zone(timedelta(minutes=-minutes if parts[7] == b"-" else minutes))
-    day, year, hour, minute, second = (int(parts[i]) for i in (1, 3, 4, 5, 6))
+    zone = _ZONES.get(written := parts.group(7, 8, 9))
+    if zone is None:
+        minutes = int(parts[8]) * 60 + int(parts[9])
+        zone = _ZONES.setdefault(
+            written, _zone(timedelta(minutes=-minutes if parts[7] == b"-" else minutes))
+        )
     try:
-        return datetime(year, month, day, hour, minute, second, tzinfo=zone)
+        return datetime(
+            int(parts[3]),
+            month,
+            int(parts[1]),
+            int(parts[4]),
+            int(parts[5]),
+            int(parts[6]),
+            tzinfo=zone,
+        )
     except ValueError:
         return None
 

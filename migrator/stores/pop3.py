@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import io
 import poplib
 import re
 import socket
@@ -25,6 +26,7 @@ from collections.abc import Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from typing import cast
 
 from migrator.errors import ConnectError, FolderError, MessageError, StoreError
 from migrator.model import INBOX, Folder, FolderPath, FolderState, MessageRef, message_key
@@ -265,7 +267,7 @@ class _Wire:
         """The lines of a multi-line answer after its +OK, up to the terminating ".", read a
         buffer at a time rather than a line at a time (a 20 MB attachment is 300,000 lines):
         only the answer is consumed, the pipelined ones behind it stay in the buffer."""
-        file = self.conn.file
+        file = cast(io.BufferedReader, self.conn.file)  # poplib's makefile('rb')
         pieces: list[bytes] = []
         tail = b"\n"  # the answer starts at a line start
         try:

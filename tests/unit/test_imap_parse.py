@@ -76,7 +76,9 @@ def meta_line(draw: st.DrawFn, seq: int) -> bytes:
         b"FLAGS (%s)" % b" ".join(draw(st.lists(flag, max_size=6, unique=True))),
         b"INTERNALDATE " + draw(internaldate),
     ]
-    return b"%d (%s)" % (seq, b" ".join(draw(st.permutations(items))))
+    # Half in the order asked for (the shape most servers answer, parsed by one pattern).
+    ordered = items if draw(st.booleans()) else draw(st.permutations(items))
+    return b"%d (%s)" % (seq, b" ".join(ordered))
 
 
 @given(
