@@ -97,6 +97,14 @@ messages = st.builds(
 #: Anything at all, bare CRs and LFs included.
 any_bytes = st.binary(max_size=300)
 
+
+def spliced(pieces: list[bytes], max_size: int = 40) -> st.SearchStrategy[bytes]:
+    """Bytes made of the given pieces in any order and number: inputs that hit a parser's
+    corners (a bare CR, a folded line, a field name in another case) far more often than
+    random bytes do."""
+    return st.lists(st.sampled_from(pieces), max_size=max_size).map(b"".join)
+
+
 keywords = st.sets(
     st.text(
         alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters="\\"),
