@@ -101,6 +101,20 @@ class Failure:
     attempts: int
 
 
+@dataclass(frozen=True)
+class Commit:
+    """The target's answers for one batch: what it took (with its ids), what it refused (with
+    the reason), the folder's committed end and the rate it took the batch at (see commit())."""
+
+    src: FolderPath
+    validity: str
+    dst: FolderPath
+    done: Sequence[tuple[MessageRef, str | None]]
+    failed: Sequence[tuple[MessageRef, str]]
+    resume_point: str | None = None
+    append_rate: float | None = None
+
+
 class Journal:
     """One journal per (source, target) pair; thread-safe (workers share it through a lock)."""
 
@@ -317,11 +331,19 @@ class Journal:
     # -- messages --------------------------------------------------------------------------
 
     def begin(
-        self, src: FolderPath, validity: str, dst: FolderPath, refs: Iterable[MessageRef]
+        self,
+        src: FolderPath,
+        validity: str,
+        dst: FolderPath,
+        refs: Iterable[MessageRef],
+        after: Commit | None = None,
     ) -> None:
-        """Durably note the intent to append these messages, before appending them."""
+        """Durably note the intent to append these messages, before appending them; ``after``,
+        the answers for the batch before, go in the same transaction (one fsync, not two)."""
         s, d, now = folder_text(src), folder_text(dst), time.time()
         with self._tx() as db:
+            if after is not None:
+                self._record(db, after, now)
             db.executemany(
                 "INSERT INTO messages(src_folder, validity, src_id, dst_folder, key, size, state, "
                 "updated) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?) "
@@ -342,30 +364,40 @@ class Journal:
     ) -> None:
         """Record the target's answers for one batch, in one transaction (with the rate, bytes
         a second, at which the target took it, when measured: see append_rate())."""
-        s, d, now = folder_text(src), folder_text(dst), time.time()
+        self.record(Commit(src, validity, dst, list(done), list(failed), resume_point, append_rate))
+
+    def record(self, answers: Commit) -> None:
+        """commit() of answers already gathered (see begin's ``after``)."""
         with self._tx() as db:
-            db.executemany(
-                "UPDATE messages SET state='done', dst_id=?, error=NULL, updated=? "
-                "WHERE src_folder=? AND validity=? AND src_id=? AND dst_folder=?",
-                [(dst_id, now, s, validity, r.id, d) for r, dst_id in done],
+            self._record(db, answers, time.time())
+
+    @staticmethod
+    def _record(db: sqlite3.Connection, answers: Commit, now: float) -> None:
+        s, d, validity = folder_text(answers.src), folder_text(answers.dst), answers.validity
+        done, failed = answers.done, answers.failed
+        resume_point, append_rate = answers.resume_point, answers.append_rate
+        db.executemany(
+            "UPDATE messages SET state='done', dst_id=?, error=NULL, updated=? "
+            "WHERE src_folder=? AND validity=? AND src_id=? AND dst_folder=?",
+            [(dst_id, now, s, validity, r.id, d) for r, dst_id in done],
+        )
+        db.executemany(
+            "INSERT INTO messages(src_folder, validity, src_id, dst_folder, key, size, state, "
+            "attempts, error, updated) VALUES (?, ?, ?, ?, ?, ?, 'failed', 1, ?, ?) "
+            "ON CONFLICT DO UPDATE SET state='failed', attempts=attempts+1, "
+            "error=excluded.error, updated=excluded.updated",
+            [(s, validity, r.id, d, r.key, r.size, error, now) for r, error in failed],
+        )
+        if resume_point is not None:
+            db.execute(
+                "INSERT OR REPLACE INTO targets(dst_folder, resume_point) VALUES (?, ?)",
+                (d, resume_point),
             )
-            db.executemany(
-                "INSERT INTO messages(src_folder, validity, src_id, dst_folder, key, size, state, "
-                "attempts, error, updated) VALUES (?, ?, ?, ?, ?, ?, 'failed', 1, ?, ?) "
-                "ON CONFLICT DO UPDATE SET state='failed', attempts=attempts+1, "
-                "error=excluded.error, updated=excluded.updated",
-                [(s, validity, r.id, d, r.key, r.size, error, now) for r, error in failed],
+        if append_rate is not None:
+            db.execute(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES ('append_rate', ?)",
+                (f"{append_rate:.0f}",),
             )
-            if resume_point is not None:
-                db.execute(
-                    "INSERT OR REPLACE INTO targets(dst_folder, resume_point) VALUES (?, ?)",
-                    (d, resume_point),
-                )
-            if append_rate is not None:
-                db.execute(
-                    "INSERT OR REPLACE INTO meta(key, value) VALUES ('append_rate', ?)",
-                    (f"{append_rate:.0f}",),
-                )
 
     def append_rate(self) -> float | None:
         """Bytes a second the target last took an append batch at (this run's or an earlier

@@ -10,6 +10,7 @@ duplicates nothing. Several workers take different target folders, each with its
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol, cast
 
 from migrator import heap
-from migrator.checkpoint import Journal
+from migrator.checkpoint import Commit, Journal
 from migrator.errors import ConnectError, FolderError, MessageError, StoreError
 from migrator.filters import MessageFilter
 from migrator.folders import FolderMap, FolderPlan
@@ -270,6 +271,19 @@ class _Share:
 
 
 _END = object()
+
+
+@dataclass
+class _Owed:
+    """A part's answers from the target, not yet in the journal (see Engine._write_batch)."""
+
+    answers: Commit
+    stats: FolderStats
+    plan: FolderPlan
+    changed: dict[str, tuple[str, ...]]
+    appended: int
+    nbytes: int
+    written: bool = False
 
 
 @dataclass
@@ -794,11 +808,15 @@ class Engine:
         def write(into: Target) -> None:
             """Append batches until the reader's end (or an error anywhere); several writers
             share the queue, each on its own connection, and pass the end on to the others."""
+            owed: _Owed | None = None  # the last part's answers, for the next 'pending' rows
             try:
                 while not abandon.is_set():
                     try:
-                        item = batches.get(timeout=0.2)
+                        item = batches.get(timeout=0.2) if owed is None else batches.get_nowait()
                     except queue.Empty:
+                        if owed is not None:  # nothing waiting to share a transaction with
+                            self._settle(owed)
+                            owed = None
                         continue
                     if item is _END or isinstance(item, BaseException):
                         batches.put_nowait(item)  # for the other writers; a slot was just freed
@@ -808,7 +826,7 @@ class Engine:
                     item = item + gather(self._group - 1)  # type: ignore[operator]
                     held = sum(ref.size for ref, _ in item)  # type: ignore[attr-defined]
                     try:
-                        self._write_batch(into, plan, validity, item, stats, pace)  # type: ignore[arg-type]
+                        owed = self._write_batch(into, plan, validity, item, stats, pace, owed)  # type: ignore[arg-type]
                     finally:
                         item = None  # the batch's bytes are gone before the pool counts them gone
                         share.release(held)
@@ -817,6 +835,13 @@ class Engine:
             except BaseException as exc:
                 errors.append(exc)
                 abandon.set()
+            finally:
+                if owed is not None:
+                    try:
+                        self._settle(owed)
+                    except BaseException as exc:
+                        errors.append(exc)
+                        abandon.set()
 
         reader = threading.Thread(target=read, name="migrator-reader", daemon=True)
         reader.start()
@@ -898,9 +923,54 @@ class Engine:
         batch: list[tuple[MessageRef, bytes | MessageError]],
         stats: FolderStats,
         pace: _Pace,
-    ) -> None:
+        owed: _Owed | None = None,
+    ) -> _Owed | None:
         """Append a batch in parts of at most ``pace.append`` bytes, each journaled 'pending'
-        before and committed after, so a connection lost in one part keeps the parts before."""
+        before and committed after, so a connection lost in one part keeps the parts before.
+
+        A part's answers are written with the next part's 'pending' rows, in one transaction:
+        ``owed`` comes from the batch before, and what the last part owes is returned for the
+        next batch (or for _settle, when none is waiting). A crash in between leaves those
+        messages 'pending', which the next run resolves against the target (see _reconcile),
+        as it does for a crash between an append and its commit."""
+        try:
+            return self._write_parts(target, plan, validity, batch, stats, pace, owed)
+        except BaseException:
+            if owed is not None and not owed.written:
+                with contextlib.suppress(Exception):
+                    self._settle(owed)
+            raise
+
+    def _settle(self, owed: _Owed) -> None:
+        """Write what a part owes the journal, alone, and count it."""
+        self.journal.record(owed.answers)
+        self._count(owed)
+
+    def _count(self, owed: _Owed) -> None:
+        owed.written = True
+        done, failed = owed.answers.done, owed.answers.failed
+        stats = owed.stats
+        with self._stats_lock:  # several writers may share a folder's stats
+            stats.copied += len(done)
+            stats.bytes += sum(ref.size for ref, _ in done)
+            for ref, _ in done:
+                if ref.id in owed.changed:
+                    stats.changed += 1
+                    stats.changes.update(owed.changed[ref.id])
+            stats.failed += len(failed)
+            stats.failures.extend((ref.id, reason) for ref, reason in failed)
+        self.reporter.advanced(owed.plan, owed.appended + len(failed), owed.nbytes)
+
+    def _write_parts(
+        self,
+        target: Target,
+        plan: FolderPlan,
+        validity: str,
+        batch: list[tuple[MessageRef, bytes | MessageError]],
+        stats: FolderStats,
+        pace: _Pace,
+        owed: _Owed | None,
+    ) -> _Owed | None:
         src, dst = plan.source.path, plan.target
         unreadable = [(ref, str(data)) for ref, data in batch if isinstance(data, MessageError)]
         good = [
@@ -927,7 +997,11 @@ class Engine:
             done: list[tuple[MessageRef, str | None]] = []
             rate: float | None = None
             if part:
-                self.journal.begin(src, validity, dst, [ref for ref, _ in part])
+                after = owed.answers if owed is not None else None
+                self.journal.begin(src, validity, dst, [ref for ref, _ in part], after=after)
+                if owed is not None:
+                    self._count(owed)
+                    owed = None
                 outgoing = (
                     [(replace(r, flags=r.flags | extra), d) for r, d in part] if extra else part
                 )
@@ -951,19 +1025,11 @@ class Engine:
                         if limit is not None and is_size_refusal(reason):
                             reason = f"{size_reason(limit, origin)}: {reason}"
                         failed.append((ref, reason))
-            self.journal.commit(
-                src, validity, dst, done, failed, target.resume_point(dst), append_rate=rate
-            )
-            with self._stats_lock:  # several writers may share a folder's stats
-                stats.copied += len(done)
-                stats.bytes += sum(ref.size for ref, _ in done)
-                for ref, _ in done:
-                    if ref.id in changed:
-                        stats.changed += 1
-                        stats.changes.update(changed[ref.id])
-                stats.failed += len(failed)
-                stats.failures.extend((ref.id, reason) for ref, reason in failed)
-            self.reporter.advanced(plan, len(part) + len(failed), sum(len(d) for _, d in part))
+            if owed is not None:  # a part with nothing to append: no 'pending' rows to join
+                self._settle(owed)
+            answers = Commit(src, validity, dst, done, failed, target.resume_point(dst), rate)
+            owed = _Owed(answers, stats, plan, changed, len(part), sum(len(d) for _, d in part))
+        return owed
 
     def _delete_confirmed(
         self,

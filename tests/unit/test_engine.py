@@ -450,3 +450,33 @@ def test_crash_in_a_grouped_commit_then_rerun_gives_each_message_exactly_once(tm
             run(src, dst, tmp_path / f"j{when}{k}")
             assert contents(dst) == contents(reference), f"crash {when} append {k}"
     assert crashes >= probe.appends
+
+
+def test_a_batchs_answers_share_the_next_batchs_transaction(tmp_path):
+    """With batches waiting, each 'pending' transaction also writes the answers for the batch
+    before (one fsync a batch, not two); the last answers are written alone; none is lost."""
+    src, dst = MemoryStore(), MemoryStore()
+    for i in range(40):
+        src.add(("INBOX",), message(i))
+    _slow_appends(dst, [])
+    journal = Journal.open(tmp_path / "j")
+    joined, alone = [], []
+    begin, record = journal.begin, journal.record
+
+    def counting_begin(*args, after=None):
+        joined.append(after is not None)
+        return begin(*args, after=after)
+
+    def counting_record(answers):
+        alone.append(answers)
+        return record(answers)
+
+    journal.begin, journal.record = counting_begin, counting_record  # type: ignore[method-assign]
+    summary = Engine(lambda: src, lambda: dst, journal, CopyOptions(batch_count=2)).run()
+    assert summary.total("copied") == 40
+    assert len(joined) == 20 and sum(joined) >= 15  # the reader keeps batches waiting
+    assert len(alone) <= 20 - sum(joined)
+    assert journal.pending(INBOX, str(src.boxes[INBOX].validity), INBOX) == []
+    journal.close()
+    again = run(src, dst, tmp_path / "j")  # everything is known as copied
+    assert again.total("copied") == 0 and again.total("skipped") == 40
