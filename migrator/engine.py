@@ -936,15 +936,17 @@ class Engine:
         try:
             return self._write_parts(target, plan, validity, batch, stats, pace, owed)
         except BaseException:
-            if owed is not None and not owed.written:
+            if owed is not None:
                 with contextlib.suppress(Exception):
                     self._settle(owed)
             raise
 
     def _settle(self, owed: _Owed) -> None:
-        """Write what a part owes the journal, alone, and count it."""
-        self.journal.record(owed.answers)
-        self._count(owed)
+        """Write what a part owes the journal, alone, and count it (once: a writer that fails
+        may still hold answers that the next 'pending' transaction already wrote)."""
+        if not owed.written:
+            self.journal.record(owed.answers)
+            self._count(owed)
 
     def _count(self, owed: _Owed) -> None:
         owed.written = True

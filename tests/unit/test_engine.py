@@ -480,3 +480,16 @@ def test_a_batchs_answers_share_the_next_batchs_transaction(tmp_path):
     journal.close()
     again = run(src, dst, tmp_path / "j")  # everything is known as copied
     assert again.total("copied") == 0 and again.total("skipped") == 40
+
+
+def test_answers_written_with_the_next_batch_are_counted_once_when_it_fails(tmp_path):
+    """The batch after a written-with-the-next one loses its connection: the answers already
+    in the journal are neither written nor counted again, and the summary adds up."""
+    src, dst = MemoryStore(), MemoryStore()
+    for i in range(40):
+        src.add(("INBOX",), message(i))
+    dst.drop_at_append = 3
+    _slow_appends(dst, [])
+    summary = run(src, dst, tmp_path / "j", retries=2)
+    assert summary.ok and summary.total("copied") == 40
+    assert contents(src) == contents(dst)
