@@ -934,8 +934,68 @@ class Engine:
         messages 'pending', which the next run resolves against the target (see _reconcile),
         as it does for a crash between an append and its commit."""
         try:
-            return self._write_parts(target, plan, validity, batch, stats, pace, owed)
+            src, dst = plan.source.path, plan.target
+            unreadable = [(ref, str(data)) for ref, data in batch if isinstance(data, MessageError)]
+            good = [
+                (ref if ref.key else replace(ref, key=message_key(data, ref.size)), data)
+                for ref, data in batch
+                if isinstance(data, bytes)
+            ]
+            changed: dict[str, tuple[str, ...]] = {}
+            if self.options.rules.active:
+                ruled = [self._apply_rules(ref, data) for ref, data in good]
+                good = [(ref, data) for ref, data, _ in ruled]
+                changed = {ref.id: changes for ref, _, changes in ruled if changes}
+            limit, origin = self._size_limit(target)
+            sizes = {id(ref): len(data) for ref, data in good}
+            parts: list[list[tuple[MessageRef, bytes]]] = []
+            start = 0
+            while start < len(good):
+                chunk = _chunk([r for r, _ in good], start, pace.append)
+                parts.append(good[start : start + len(chunk)])
+                start += len(chunk)
+            extra = self.options.add_flags
+            for n, part in enumerate(parts or [[]]):
+                failed = unreadable if n == 0 else []
+                done: list[tuple[MessageRef, str | None]] = []
+                rate: float | None = None
+                if part:
+                    after = owed.answers if owed is not None else None
+                    self.journal.begin(src, validity, dst, [ref for ref, _ in part], after=after)
+                    if owed is not None:
+                        self._count(owed)
+                        owed = None
+                    outgoing = (
+                        [(replace(r, flags=r.flags | extra), d) for r, d in part] if extra else part
+                    )
+                    nbytes = sum(sizes[id(r)] for r, _ in part)
+                    began = time.monotonic()
+                    try:
+                        results = target.append(dst, outgoing)
+                    except StoreError as exc:
+                        if exc.transient:
+                            pace.shrink("append", nbytes)
+                        raise
+                    took = time.monotonic() - began
+                    if nbytes >= RATE_SAMPLE_BYTES and took > 0:
+                        rate = nbytes / took
+                    pace.grow("append")
+                    for (ref, _), result in zip(part, results, strict=True):
+                        if result.ok:
+                            done.append((ref, result.target_id))
+                        else:
+                            reason = result.error or "refused"
+                            if limit is not None and is_size_refusal(reason):
+                                reason = f"{size_reason(limit, origin)}: {reason}"
+                            failed.append((ref, reason))
+                if owed is not None:  # a part with nothing to append: no 'pending' rows to join
+                    self._settle(owed)
+                answers = Commit(src, validity, dst, done, failed, target.resume_point(dst), rate)
+                owed = _Owed(answers, stats, plan, changed, len(part), sum(len(d) for _, d in part))
+            return owed
         except BaseException:
+            # Answers not yet in the journal (a part appended before the failure, or the
+            # batch before's): written alone; _settle skips what a 'pending' row already took.
             if owed is not None:
                 with contextlib.suppress(Exception):
                     self._settle(owed)
@@ -962,76 +1022,6 @@ class Engine:
             stats.failed += len(failed)
             stats.failures.extend((ref.id, reason) for ref, reason in failed)
         self.reporter.advanced(owed.plan, owed.appended + len(failed), owed.nbytes)
-
-    def _write_parts(
-        self,
-        target: Target,
-        plan: FolderPlan,
-        validity: str,
-        batch: list[tuple[MessageRef, bytes | MessageError]],
-        stats: FolderStats,
-        pace: _Pace,
-        owed: _Owed | None,
-    ) -> _Owed | None:
-        src, dst = plan.source.path, plan.target
-        unreadable = [(ref, str(data)) for ref, data in batch if isinstance(data, MessageError)]
-        good = [
-            (ref if ref.key else replace(ref, key=message_key(data, ref.size)), data)
-            for ref, data in batch
-            if isinstance(data, bytes)
-        ]
-        changed: dict[str, tuple[str, ...]] = {}
-        if self.options.rules.active:
-            ruled = [self._apply_rules(ref, data) for ref, data in good]
-            good = [(ref, data) for ref, data, _ in ruled]
-            changed = {ref.id: changes for ref, _, changes in ruled if changes}
-        limit, origin = self._size_limit(target)
-        sizes = {id(ref): len(data) for ref, data in good}
-        parts: list[list[tuple[MessageRef, bytes]]] = []
-        start = 0
-        while start < len(good):
-            chunk = _chunk([r for r, _ in good], start, pace.append)
-            parts.append(good[start : start + len(chunk)])
-            start += len(chunk)
-        extra = self.options.add_flags
-        for n, part in enumerate(parts or [[]]):
-            failed = unreadable if n == 0 else []
-            done: list[tuple[MessageRef, str | None]] = []
-            rate: float | None = None
-            if part:
-                after = owed.answers if owed is not None else None
-                self.journal.begin(src, validity, dst, [ref for ref, _ in part], after=after)
-                if owed is not None:
-                    self._count(owed)
-                    owed = None
-                outgoing = (
-                    [(replace(r, flags=r.flags | extra), d) for r, d in part] if extra else part
-                )
-                nbytes = sum(sizes[id(r)] for r, _ in part)
-                began = time.monotonic()
-                try:
-                    results = target.append(dst, outgoing)
-                except StoreError as exc:
-                    if exc.transient:
-                        pace.shrink("append", nbytes)
-                    raise
-                took = time.monotonic() - began
-                if nbytes >= RATE_SAMPLE_BYTES and took > 0:
-                    rate = nbytes / took
-                pace.grow("append")
-                for (ref, _), result in zip(part, results, strict=True):
-                    if result.ok:
-                        done.append((ref, result.target_id))
-                    else:
-                        reason = result.error or "refused"
-                        if limit is not None and is_size_refusal(reason):
-                            reason = f"{size_reason(limit, origin)}: {reason}"
-                        failed.append((ref, reason))
-            if owed is not None:  # a part with nothing to append: no 'pending' rows to join
-                self._settle(owed)
-            answers = Commit(src, validity, dst, done, failed, target.resume_point(dst), rate)
-            owed = _Owed(answers, stats, plan, changed, len(part), sum(len(d) for _, d in part))
-        return owed
 
     def _delete_confirmed(
         self,
