@@ -959,6 +959,7 @@ class Engine:
                 failed = unreadable if n == 0 else []
                 done: list[tuple[MessageRef, str | None]] = []
                 rate: float | None = None
+                nbytes = sum(sizes[id(r)] for r, _ in part)
                 if part:
                     after = owed.answers if owed is not None else None
                     self.journal.begin(src, validity, dst, [ref for ref, _ in part], after=after)
@@ -968,7 +969,6 @@ class Engine:
                     outgoing = (
                         [(replace(r, flags=r.flags | extra), d) for r, d in part] if extra else part
                     )
-                    nbytes = sum(sizes[id(r)] for r, _ in part)
                     began = time.monotonic()
                     try:
                         results = target.append(dst, outgoing)
@@ -991,7 +991,7 @@ class Engine:
                 if owed is not None:  # a part with nothing to append: no 'pending' rows to join
                     self._settle(owed)
                 answers = Commit(src, validity, dst, done, failed, target.resume_point(dst), rate)
-                owed = _Owed(answers, stats, plan, changed, len(part), sum(len(d) for _, d in part))
+                owed = _Owed(answers, stats, plan, changed, len(part), nbytes)
             return owed
         except BaseException:
             # Answers not yet in the journal (a part appended before the failure, or the

@@ -138,8 +138,8 @@ class ImapStore(Source, Target):
         self.gmail_ids = gmail_ids
         #: Gmail: folder name -> X-GM-MSGID -> UID, learnt by list_messages.
         self._gm_uids: dict[str, dict[str, int]] = {}
-        #: One frozenset per distinct set of flags, shared by every message that has it.
-        #: Shared flag sets, by themselves and by the answer's raw FLAGS tuple.
+        #: One frozenset per distinct set of flags, shared by every message that has it, found
+        #: by itself or by the raw FLAGS tuple of a FETCH answer.
         self._flag_sets: dict[Any, frozenset[str]] = {}
         self.label = access.label or f"imap://{access.user}@{access.host}:{access.port}"
         self._client: IMAPClient | None = None

@@ -21,7 +21,7 @@ from pathlib import Path
 from imapclient import imap_utf7
 
 from migrator.errors import StoreError
-from migrator.model import FolderPath
+from migrator.model import BARE_CR, FolderPath
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
@@ -295,14 +295,11 @@ def date_from_headers(header: bytes) -> datetime | None:
     return newest or date_field
 
 
-_BARE_CR = re.compile(rb"\r(?!\n)")
-
-
 def to_lf(data: bytes) -> bytes:
     """Line endings as mbox and Maildir keep them (Dovecot serves them back as CRLF)."""
     # Deleting every CR and looking for a bare one are each three times cheaper than replace(),
     # which searches for every CRLF twice; a bare CR (rare) is kept, so replace() does it then.
-    if _BARE_CR.search(data) is None:
+    if BARE_CR.search(data) is None:
         return data.translate(None, b"\r")
     return data.replace(b"\r\n", b"\n")
 
