@@ -75,6 +75,25 @@ CREATE TABLE IF NOT EXISTS runs (
 DONE_STATES = ("done", "skipped")
 
 
+#: Rows written by one statement. Python's executemany steps SQLite once a row and lets go of the
+#: GIL each time; in a busy process each of those waits its turn to get it back, so a batch's
+#: journal write took longer than its append. Ten bound values a row stay within 999, the
+#: oldest SQLite's limit.
+_ROWS_PER_STATEMENT = 90
+
+
+def _insert_rows(
+    db: sqlite3.Connection, head: str, row: str, rows: Sequence[tuple[object, ...]], tail: str = ""
+) -> None:
+    """``head VALUES row, row, ... tail`` for all ``rows``, in as few statements as hold them."""
+    for start in range(0, len(rows), _ROWS_PER_STATEMENT):
+        chunk = rows[start : start + _ROWS_PER_STATEMENT]
+        db.execute(
+            f"{head} VALUES {', '.join([row] * len(chunk))} {tail}",
+            [value for values in chunk for value in values],
+        )
+
+
 def folder_text(path: FolderPath) -> str:
     return json.dumps(list(path), ensure_ascii=False)
 
@@ -317,9 +336,11 @@ class Journal:
         one transaction, so a crash in between leaves the folder to be compared again."""
         s, d, now = folder_text(src), folder_text(dst), time.time()
         with self._tx() as db:
-            db.executemany(
+            _insert_rows(
+                db,
                 "INSERT OR REPLACE INTO messages(src_folder, validity, src_id, dst_folder, key, "
-                "size, state, updated) VALUES (?, ?, ?, ?, ?, ?, 'skipped', ?)",
+                "size, state, updated)",
+                "(?, ?, ?, ?, ?, ?, 'skipped', ?)",
                 [(s, validity, r.id, d, r.key, r.size, now) for r in present],
             )
             db.execute(
@@ -344,12 +365,14 @@ class Journal:
         with self._tx() as db:
             if after is not None:
                 self._record(db, after, now)
-            db.executemany(
+            _insert_rows(
+                db,
                 "INSERT INTO messages(src_folder, validity, src_id, dst_folder, key, size, state, "
-                "updated) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?) "
+                "updated)",
+                "(?, ?, ?, ?, ?, ?, 'pending', ?)",
+                [(s, validity, r.id, d, r.key, r.size, now) for r in refs],
                 "ON CONFLICT DO UPDATE SET state='pending', key=excluded.key, "
                 "size=excluded.size, updated=excluded.updated",
-                [(s, validity, r.id, d, r.key, r.size, now) for r in refs],
             )
 
     def commit(
@@ -376,17 +399,25 @@ class Journal:
         s, d, validity = folder_text(answers.src), folder_text(answers.dst), answers.validity
         done, failed = answers.done, answers.failed
         resume_point, append_rate = answers.resume_point, answers.append_rate
-        db.executemany(
-            "UPDATE messages SET state='done', dst_id=?, error=NULL, updated=? "
-            "WHERE src_folder=? AND validity=? AND src_id=? AND dst_folder=?",
-            [(dst_id, now, s, validity, r.id, d) for r, dst_id in done],
-        )
-        db.executemany(
+        # The rows begin() wrote are there to update; writing them whole (an upsert) says so in
+        # one statement for the batch.
+        _insert_rows(
+            db,
             "INSERT INTO messages(src_folder, validity, src_id, dst_folder, key, size, state, "
-            "attempts, error, updated) VALUES (?, ?, ?, ?, ?, ?, 'failed', 1, ?, ?) "
+            "dst_id, updated)",
+            "(?, ?, ?, ?, ?, ?, 'done', ?, ?)",
+            [(s, validity, r.id, d, r.key, r.size, dst_id, now) for r, dst_id in done],
+            "ON CONFLICT DO UPDATE SET state='done', dst_id=excluded.dst_id, error=NULL, "
+            "updated=excluded.updated",
+        )
+        _insert_rows(
+            db,
+            "INSERT INTO messages(src_folder, validity, src_id, dst_folder, key, size, state, "
+            "attempts, error, updated)",
+            "(?, ?, ?, ?, ?, ?, 'failed', 1, ?, ?)",
+            [(s, validity, r.id, d, r.key, r.size, error, now) for r, error in failed],
             "ON CONFLICT DO UPDATE SET state='failed', attempts=attempts+1, "
             "error=excluded.error, updated=excluded.updated",
-            [(s, validity, r.id, d, r.key, r.size, error, now) for r, error in failed],
         )
         if resume_point is not None:
             db.execute(
@@ -436,10 +467,14 @@ class Journal:
     def mark_deleted(self, src: FolderPath, validity: str, ids: Iterable[str]) -> None:
         s = folder_text(src)
         with self._tx() as db:
-            db.executemany(
-                "UPDATE messages SET deleted=1 WHERE src_folder=? AND validity=? AND src_id=?",
-                [(s, validity, i) for i in ids],
-            )
+            ids = list(ids)
+            for start in range(0, len(ids), _ROWS_PER_STATEMENT):
+                chunk = ids[start : start + _ROWS_PER_STATEMENT]
+                db.execute(
+                    "UPDATE messages SET deleted=1 WHERE src_folder=? AND validity=? "
+                    f"AND src_id IN ({', '.join('?' * len(chunk))})",
+                    [s, validity, *chunk],
+                )
 
     # -- reporting -------------------------------------------------------------------------
 

@@ -93,3 +93,30 @@ def test_deleted_marking(tmp_path):
     assert j.undeleted(SRC, "7") == ["1"]
     j.mark_deleted(SRC, "7", ["1"])
     assert j.undeleted(SRC, "7") == []
+
+
+def test_batches_larger_than_one_statement(tmp_path):
+    """A batch's rows go in multi-row statements of a bounded size: every row of a batch several
+    statements long is written, updated and marked, once each."""
+    j = Journal.open(tmp_path / "j")
+    j.open_folder(SRC, "7", DST)
+    ids = [str(n) for n in range(1, 451)]
+    batch = refs(*ids)
+    j.reconcile(SRC, "7", DST, refs(*[str(n) for n in range(1001, 1201)]))
+    j.begin(SRC, "7", DST, batch)
+    assert len(j.pending(SRC, "7", DST)) == 450
+    j.commit(
+        SRC, "7", DST, [(r, f"d{r.id}") for r in batch[:400]], [(r, "no") for r in batch[400:]]
+    )
+    assert j.pending(SRC, "7", DST) == []
+    assert j.done_ids(SRC, "7", DST) == set(ids[:400]) | {str(n) for n in range(1001, 1201)}
+    answers = dict(j._query("SELECT src_id, dst_id FROM messages WHERE state='done'"))
+    assert answers == {i: f"d{i}" for i in ids[:400]}
+    assert len(j.failures()) == 50
+    j.begin(SRC, "7", DST, batch[400:])  # retried: 'pending' again, attempts kept
+    j.commit(SRC, "7", DST, [], [(r, "still no") for r in batch[400:]])
+    assert {f.attempts for f in j.failures()} == {2}
+    j.mark_deleted(SRC, "7", ids[:350])
+    assert sorted(j.undeleted(SRC, "7"), key=int) == ids[350:400] + [
+        str(n) for n in range(1001, 1201)
+    ]
