@@ -75,10 +75,10 @@ CREATE TABLE IF NOT EXISTS runs (
 DONE_STATES = ("done", "skipped")
 
 
-#: Rows written by one statement. Python's executemany steps SQLite once a row and lets go of the
-#: GIL each time; in a busy process each of those waits its turn to get it back, so a batch's
-#: journal write took longer than its append. Ten bound values a row stay within 999, the
-#: oldest SQLite's limit.
+#: Rows written by one statement. Python's executemany steps SQLite once a row, letting go of the
+#: GIL each time, and in a busy process each step then waits its turn to get it back from the
+#: threads reading and converting messages. At most ten bound values a row: 90 rows stay within
+#: 999, the limit of SQLite before 3.32.
 _ROWS_PER_STATEMENT = 90
 
 

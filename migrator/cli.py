@@ -400,8 +400,15 @@ def copy(
         ),
     ] = None,
     workers: Annotated[
-        int, typer.Option("--workers", min=1, max=32, help="Folders copied at once.")
-    ] = 2,
+        int,
+        typer.Option(
+            "--workers",
+            min=1,
+            max=32,
+            help="Folders copied at once, each on its own connections (three keep an IMAP "
+            "target busy while it syncs each message to disk).",
+        ),
+    ] = 3,
     state: Annotated[
         Path | None, typer.Option("--state", help="The checkpoint journal (SQLite) to use.")
     ] = None,
