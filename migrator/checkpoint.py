@@ -24,6 +24,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from migrator.errors import JournalError
 from migrator.model import FolderPath, MessageRef
@@ -81,16 +82,23 @@ DONE_STATES = ("done", "skipped")
 #: 999, the limit of SQLite before 3.32.
 _ROWS_PER_STATEMENT = 90
 
+T = TypeVar("T")
+
+
+def _statements(rows: Sequence[T]) -> Iterator[Sequence[T]]:
+    """``rows`` in pieces of at most _ROWS_PER_STATEMENT, one piece a statement."""
+    for start in range(0, len(rows), _ROWS_PER_STATEMENT):
+        yield rows[start : start + _ROWS_PER_STATEMENT]
+
 
 def _insert_rows(
     db: sqlite3.Connection, head: str, row: str, rows: Sequence[tuple[object, ...]], tail: str = ""
 ) -> None:
     """``head VALUES row, row, ... tail`` for all ``rows``, in as few statements as hold them."""
-    for start in range(0, len(rows), _ROWS_PER_STATEMENT):
-        chunk = rows[start : start + _ROWS_PER_STATEMENT]
+    for piece in _statements(rows):
         db.execute(
-            f"{head} VALUES {', '.join([row] * len(chunk))} {tail}",
-            [value for values in chunk for value in values],
+            f"{head} VALUES {', '.join([row] * len(piece))} {tail}",
+            [value for values in piece for value in values],
         )
 
 
@@ -123,7 +131,8 @@ class Failure:
 @dataclass(frozen=True)
 class Commit:
     """The target's answers for one batch: what it took (with its ids), what it refused (with
-    the reason), the folder's committed end and the rate it took the batch at (see commit())."""
+    the reason), the folder's committed end, and the rate (bytes a second) it took the batch at,
+    when measured (see append_rate())."""
 
     src: FolderPath
     validity: str
@@ -375,22 +384,9 @@ class Journal:
                 "size=excluded.size, updated=excluded.updated",
             )
 
-    def commit(
-        self,
-        src: FolderPath,
-        validity: str,
-        dst: FolderPath,
-        done: Iterable[tuple[MessageRef, str | None]],
-        failed: Iterable[tuple[MessageRef, str]],
-        resume_point: str | None = None,
-        append_rate: float | None = None,
-    ) -> None:
-        """Record the target's answers for one batch, in one transaction (with the rate, bytes
-        a second, at which the target took it, when measured: see append_rate())."""
-        self.record(Commit(src, validity, dst, list(done), list(failed), resume_point, append_rate))
-
     def record(self, answers: Commit) -> None:
-        """commit() of answers already gathered (see begin's ``after``)."""
+        """Record the target's answers for one batch, in one transaction (or with the next
+        batch's 'pending' rows: see begin's ``after``)."""
         with self._tx() as db:
             self._record(db, answers, time.time())
 
@@ -467,13 +463,11 @@ class Journal:
     def mark_deleted(self, src: FolderPath, validity: str, ids: Iterable[str]) -> None:
         s = folder_text(src)
         with self._tx() as db:
-            ids = list(ids)
-            for start in range(0, len(ids), _ROWS_PER_STATEMENT):
-                chunk = ids[start : start + _ROWS_PER_STATEMENT]
+            for piece in _statements(list(ids)):
                 db.execute(
                     "UPDATE messages SET deleted=1 WHERE src_folder=? AND validity=? "
-                    f"AND src_id IN ({', '.join('?' * len(chunk))})",
-                    [s, validity, *chunk],
+                    f"AND src_id IN ({', '.join('?' * len(piece))})",
+                    [s, validity, *piece],
                 )
 
     # -- reporting -------------------------------------------------------------------------

@@ -629,7 +629,7 @@ class Engine:
                 kept.append(ref)
         if too_big:
             reason = size_reason(limit, origin)
-            self.journal.commit(src, validity, dst, [], [(r, reason) for r in too_big])
+            self.journal.record(Commit(src, validity, dst, [], [(r, reason) for r in too_big]))
             stats.failures.extend((r.id, reason) for r in too_big)
         if held:
             self._notice(

@@ -119,7 +119,7 @@ def _key_fields(header: bytes) -> dict[bytes, bytes]:
     """header_fields() restricted to _KEY_FIELDS: one regex pass instead of a Python loop over
     every line, when lines end only at LF (a bare CR also ends one for header_fields)."""
     block = unfold(header[: _header_end(header)])
-    if BARE_CR.search(block) is not None:
+    if _BARE_CR.search(block) is not None:
         fields = header_fields(header)
         return {name: fields[name] for name in _KEY_FIELDS if name in fields}
     found: dict[bytes, bytes] = {}
@@ -128,8 +128,8 @@ def _key_fields(header: bytes) -> dict[bytes, bytes]:
     return found
 
 
-#: A CR that does not start a CRLF (mbox/Maildir line endings and header parsing care).
-BARE_CR = re.compile(rb"\r(?!\n)")
+#: A CR that does not start a CRLF: it ends a header line too, for header_fields().
+_BARE_CR = re.compile(rb"\r(?!\n)")
 
 
 def _header_end(data: bytes) -> int:

@@ -3,7 +3,7 @@ import stat
 
 import pytest
 
-from migrator.checkpoint import Journal
+from migrator.checkpoint import Commit, Journal
 from migrator.errors import JournalError
 from migrator.model import MessageRef
 
@@ -53,8 +53,14 @@ def test_pending_then_commit_and_done_ids(tmp_path):
     assert j.open_folder(SRC, "7", DST) is True
     j.begin(SRC, "7", DST, refs("1", "2", "3"))
     assert j.open_folder(SRC, "7", DST) is False  # an append in doubt
-    j.commit(
-        SRC, "7", DST, [(refs("1")[0], "9:1"), (refs("2")[0], None)], [(refs("3")[0], "too big")]
+    j.record(
+        Commit(
+            SRC,
+            "7",
+            DST,
+            [(refs("1")[0], "9:1"), (refs("2")[0], None)],
+            [(refs("3")[0], "too big")],
+        )
     )
     assert j.done_ids(SRC, "7", DST) == {"1", "2"}
     assert j.open_folder(SRC, "7", DST) is True
@@ -67,7 +73,7 @@ def test_new_validity_forgets_done_ids_but_keeps_history(tmp_path):
     j = Journal.open(tmp_path / "j")
     j.open_folder(SRC, "7", DST)
     j.begin(SRC, "7", DST, refs("1"))
-    j.commit(SRC, "7", DST, [(refs("1")[0], None)], [])
+    j.record(Commit(SRC, "7", DST, [(refs("1")[0], None)], []))
     assert j.open_folder(SRC, "8", DST) is False
     assert j.done_ids(SRC, "8", DST) == set()
     assert j.done_keys(DST) == {}
@@ -89,7 +95,7 @@ def test_deleted_marking(tmp_path):
     j = Journal.open(tmp_path / "j")
     j.open_folder(SRC, "7", DST)
     j.begin(SRC, "7", DST, refs("1", "2"))
-    j.commit(SRC, "7", DST, [(refs("1")[0], None)], [(refs("2")[0], "no")])
+    j.record(Commit(SRC, "7", DST, [(refs("1")[0], None)], [(refs("2")[0], "no")]))
     assert j.undeleted(SRC, "7") == ["1"]
     j.mark_deleted(SRC, "7", ["1"])
     assert j.undeleted(SRC, "7") == []
@@ -105,8 +111,10 @@ def test_batches_larger_than_one_statement(tmp_path):
     j.reconcile(SRC, "7", DST, refs(*[str(n) for n in range(1001, 1201)]))
     j.begin(SRC, "7", DST, batch)
     assert len(j.pending(SRC, "7", DST)) == 450
-    j.commit(
-        SRC, "7", DST, [(r, f"d{r.id}") for r in batch[:400]], [(r, "no") for r in batch[400:]]
+    j.record(
+        Commit(
+            SRC, "7", DST, [(r, f"d{r.id}") for r in batch[:400]], [(r, "no") for r in batch[400:]]
+        )
     )
     assert j.pending(SRC, "7", DST) == []
     assert j.done_ids(SRC, "7", DST) == set(ids[:400]) | {str(n) for n in range(1001, 1201)}
@@ -114,7 +122,7 @@ def test_batches_larger_than_one_statement(tmp_path):
     assert answers == {i: f"d{i}" for i in ids[:400]}
     assert len(j.failures()) == 50
     j.begin(SRC, "7", DST, batch[400:])  # retried: 'pending' again, attempts kept
-    j.commit(SRC, "7", DST, [], [(r, "still no") for r in batch[400:]])
+    j.record(Commit(SRC, "7", DST, [], [(r, "still no") for r in batch[400:]]))
     assert {f.attempts for f in j.failures()} == {2}
     j.mark_deleted(SRC, "7", ids[:350])
     assert sorted(j.undeleted(SRC, "7"), key=int) == ids[350:400] + [

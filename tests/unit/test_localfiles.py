@@ -18,7 +18,11 @@ line_bytes = spliced([b"a", b"\r", b"\n", b"\r\n", b"From ", b"\r\r\n"])
 
 @given(line_bytes | st.binary())
 def test_to_lf_turns_exactly_each_crlf_into_lf(data: bytes) -> None:
-    assert to_lf(data) == data.replace(b"\r\n", b"\n")
+    assert to_lf(data) == b"\n".join(data.split(b"\r\n"))
+
+
+def test_to_lf_keeps_bare_crs() -> None:
+    assert to_lf(b"a\r\nb\rc\r\r\nd\n\r") == b"a\nb\rc\r\nd\n\r"
 
 
 @given(
