@@ -1,18 +1,33 @@
 #!/usr/bin/env bash
 # THE test command:  bash tests/run.sh [pytest arguments]
 #
-# Idempotent, from any directory, on a fresh Debian 12 machine:
+# Idempotent, from any directory, on a fresh Debian 12 or Ubuntu machine:
 #   1. installs Dovecot 2.3 (imapd, pop3d) and openssl from Debian if missing, and stops/disables
 #      a system dovecot service only if this install started it (the tests run their own private
 #      servers on free high ports of 127.0.0.1, see tests/dovecot.py);
-#   2. installs the project with its test extra (skip with MIGRATOR_TEST_NO_INSTALL=1);
-#   3. runs pytest; its exit code is ours, except that "no tests collected" (5) is a failure.
+#   2. makes the checkout's own virtual environment, .venv/ (git-ignored), and installs the package
+#      with its `test` extra there: the machine's Python is never changed. The environment is
+#      reused while pyproject.toml and the interpreter stay the same, and made anew otherwise;
+#   3. checks the package with ruff and mypy, then runs pytest; "no tests collected" (5) is a
+#      failure.
+#
+# MIGRATOR_TEST_PYTHON names the interpreter to build the environment from (default: python3),
+# e.g. MIGRATOR_TEST_PYTHON=python3.13; each interpreter gets its own environment (.venv-3.13).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 as_root() {
     if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo -n "$@"; fi
+}
+
+apt_updated=no
+apt_install() {
+    if [ "$apt_updated" = no ]; then
+        as_root apt-get update -q
+        apt_updated=yes
+    fi
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@"
 }
 
 dovecot_missing() {
@@ -28,13 +43,11 @@ system_dovecot_running() {
     [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null
 }
 
-if dovecot_missing; then
+install_dovecot() {
     echo "tests/run.sh: installing Dovecot 2.3 from Debian (dovecot-core dovecot-imapd dovecot-pop3d)"
-    was_running=no
+    local was_running=no
     if system_dovecot_running; then was_running=yes; fi
-    as_root apt-get update -q
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-        dovecot-core dovecot-imapd dovecot-pop3d openssl
+    apt_install dovecot-core dovecot-imapd dovecot-pop3d openssl
     if [ "$was_running" = no ]; then
         # The package may have started the system service (143/993/110/995): stop exactly that one.
         if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
@@ -48,24 +61,48 @@ if dovecot_missing; then
                 as_root kill "$(cat /run/dovecot/master.pid)" || true
         fi
     fi
-fi
+}
+
+if dovecot_missing; then install_dovecot; fi
 dovecot --version >/dev/null
 
-if [ "${MIGRATOR_TEST_NO_INSTALL:-0}" != 1 ]; then
-    # A Debian-managed interpreter (PEP 668) refuses pip unless told; a venv or pyenv does not.
-    if python3 - <<'EOF'
-import sys, sysconfig, pathlib
-managed = pathlib.Path(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED").exists()
-sys.exit(0 if managed and sys.prefix == sys.base_prefix else 1)
-EOF
-    then
-        export PIP_BREAK_SYSTEM_PACKAGES=1
+# -- the checkout's own virtual environment ------------------------------------------------------
+python=${MIGRATOR_TEST_PYTHON:-python3}
+command -v "$python" >/dev/null || { echo "tests/run.sh: no $python on PATH" >&2; exit 2; }
+version=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+if [ -n "${MIGRATOR_TEST_PYTHON:-}" ]; then venv=".venv-$version"; else venv=".venv"; fi
+
+# What the environment was built from: the interpreter and the package's declared dependencies.
+stamp_of() {
+    { "$python" -c 'import sys; print(sys.executable, sys.version)'; cat pyproject.toml; } |
+        sha256sum | cut -d' ' -f1
+}
+stamp=$(stamp_of)
+if [ ! -x "$venv/bin/python" ] || [ "$(cat "$venv/.migrator-stamp" 2>/dev/null)" != "$stamp" ]; then
+    echo "tests/run.sh: making $venv from $python ($version) and installing .[test] into it"
+    rm -rf "$venv"
+    if ! "$python" -m venv "$venv" >/dev/null 2>&1; then
+        # Debian and Ubuntu ship venv's pip bootstrap apart (python3-venv / python3.X-venv).
+        rm -rf "$venv"
+        apt_install "python$version-venv" || apt_install python3-venv
+        "$python" -m venv "$venv"
     fi
-    python3 -m pip install -q -e '.[test]'
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check -e '.[test]'
+    echo "$stamp" >"$venv/.migrator-stamp"
 fi
+# Nothing from outside the environment: no user site-packages, no PYTHONPATH from the caller.
+export PYTHONNOUSERSITE=1
+unset PYTHONPATH PYTHONHOME
+export PATH="$PWD/$venv/bin:$PATH"
+
+# -- static checks, then the suite ---------------------------------------------------------------
+"$venv/bin/python" -m ruff check --quiet migrator tests benchmarks
+"$venv/bin/python" -m ruff format --check --quiet migrator tests benchmarks
+"$venv/bin/python" -m mypy --no-error-summary migrator
 
 rc=0
-python3 -m pytest -q "$@" || rc=$?
+"$venv/bin/python" -m pytest -q "$@" || rc=$?
 if [ "$rc" -eq 5 ]; then
     echo "tests/run.sh: pytest collected no tests: failing" >&2
     exit 1

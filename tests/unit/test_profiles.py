@@ -52,7 +52,7 @@ def test_the_issue_lists_are_all_shipped():
 def test_the_package_finds_the_repository_profiles():
     assert shipped_dir().resolve() == (REPO / "profiles").resolve()
     pyproject = (REPO / "pyproject.toml").read_text()
-    assert 'migrator = ["shipped_profiles/*.toml"]' in pyproject
+    assert '"migrator.shipped_profiles" = "profiles"' in pyproject
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
