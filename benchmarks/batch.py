@@ -245,7 +245,7 @@ def main(argv: list[str]) -> int:
         say(f"missing {c.name}: {c.detail} -> {c.remedy()}")
     if missing:
         return 2
-    import distributed  # noqa: F401  (migrator batch needs it: pip install 'migrator[batch]')
+    import distributed  # noqa: F401  (migrator batch needs it: pip install 'mailbox-migrator[batch]')
 
     from tests.dovecot import DovecotServer, make_ca
 

@@ -28,6 +28,8 @@ from typing import Any
 from migrator.checkpoint import Journal
 from migrator.credentials import SecretSources, choose_login, env_name, secret_provider
 from migrator.endpoints import (
+    SCHEMES,
+    SCHEMES_HELP,
     AccessOptions,
     Endpoint,
     ProfileEndpoint,
@@ -37,7 +39,7 @@ from migrator.endpoints import (
     resolve_profile,
 )
 from migrator.engine import CopyOptions, Engine, Reporter, RunSummary
-from migrator.errors import ConfigError
+from migrator.errors import ConfigError, did_you_mean
 from migrator.filters import MessageFilter, parse_age, parse_date, parse_size
 from migrator.folders import FolderMap
 from migrator.profiles import Profile, ProfileCatalog, folder_adjustments, load_catalog
@@ -281,13 +283,26 @@ def resolve_endpoint(
     endpoint = parse_endpoint(text)
     profile = None
     if isinstance(endpoint, ProfileEndpoint):
-        profile = (catalog or profile_catalog()).get(endpoint.profile)
+        catalog = catalog or profile_catalog()
+        if endpoint.profile not in catalog.names():
+            raise _unknown_scheme_or_profile(text.strip(), endpoint.profile, catalog)
+        profile = catalog.get(endpoint.profile)
         return endpoint, resolve_profile(endpoint, profile, side), profile
     if profile_name:
         if not isinstance(endpoint, ServerEndpoint):
             raise ConfigError(f"--{side}-profile: {endpoint} is not a server")
         profile = (catalog or profile_catalog()).get(profile_name)
     return endpoint, endpoint, profile
+
+
+def _unknown_scheme_or_profile(text: str, name: str, catalog: ProfileCatalog) -> ConfigError:
+    """``mboxx:PATH`` is a mistyped scheme far more often than a profile nobody wrote."""
+    scheme_hint = did_you_mean(f"{name}:", SCHEMES)
+    if scheme_hint and not did_you_mean(name, catalog.names()):
+        return ConfigError(f"{text}: unknown scheme {name + ':'!r}{scheme_hint}; {SCHEMES_HELP}")
+    return ConfigError(
+        f"{text}: unknown profile {name!r}{did_you_mean(name, catalog.names())}; {SCHEMES_HELP}"
+    )
 
 
 def tls_notices(endpoint: Endpoint, server: Endpoint, insecure: bool = False) -> list[str]:

@@ -1304,7 +1304,7 @@ def _outcome(future: Any, account: Account, ledger: Ledger) -> AccountResult:
             "the workers running it died repeatedly (out of memory?); rerun the batch to resume"
         )
     elif isinstance(error, ModuleNotFoundError) and "migrator" in str(error):
-        failed.error = f"{error}: install migrator on every Dask worker"
+        failed.error = f"{error}: install mailbox-migrator on every Dask worker"
     else:
         failed.error = f"internal error: {name}: {error} (rerun the batch to resume)"
     return failed
@@ -1317,7 +1317,7 @@ def _connect(settings: BatchSettings) -> tuple[Any, Any]:
         from distributed import Client, LocalCluster
     except ImportError:
         raise ConfigError(
-            "migrator batch needs Dask: pip install 'migrator[batch]' (dask[distributed])"
+            "migrator batch needs Dask: pip install 'mailbox-migrator[batch]' (dask[distributed])"
         ) from None
     if settings.cluster:
         if not re.match(r"^(tcp|tls|inproc|ucx|ws|wss)://", settings.cluster):

@@ -22,10 +22,12 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 # makes `import rich` fail, so typer falls back to plain click output.
 sys.modules.setdefault("rich", None)  # type: ignore[arg-type]
 
+import click  # noqa: E402
 import typer  # noqa: E402
+from typer.core import TyperGroup  # noqa: E402
 
 from migrator import __version__  # noqa: E402
-from migrator.errors import ConfigError, ExitStatus, MigratorError  # noqa: E402
+from migrator.errors import ConfigError, ExitStatus, MigratorError, did_you_mean  # noqa: E402
 
 if TYPE_CHECKING:
     from migrator.account import Side
@@ -33,9 +35,26 @@ if TYPE_CHECKING:
     from migrator.folders import FolderPlan
     from migrator.stores.base import Source, Target
 
+
+class _Commands(TyperGroup):
+    """Click's group, with a "did you mean" for a mistyped command name."""
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and self.get_command(ctx, name) is None:
+            ctx.fail(f"No such command {name!r}{did_you_mean(name, self.list_commands(ctx))}.")
+        return super().resolve_command(ctx, args)
+
+
+#: -h beside --help, for every command (click hands the setting down to subcommands).
+_CONTEXT = {"help_option_names": ["-h", "--help"]}
+
 app = typer.Typer(
     name="migrator",
-    help="Move email between IMAP, POP3, mbox and Maildir; interrupt it any time and run it again.",
+    cls=_Commands,
+    context_settings=_CONTEXT,
     no_args_is_help=True,
     add_completion=True,
     pretty_exceptions_enable=False,
@@ -53,7 +72,9 @@ def _version(value: bool) -> None:
 def _main(
     version: Annotated[
         bool,
-        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+        typer.Option(
+            "--version", "-V", callback=_version, is_eager=True, help="Print the version."
+        ),
     ] = False,
 ) -> None:
     """Move email between IMAP, POP3, mbox and Maildir; interrupt it any time and run it again.
@@ -62,10 +83,20 @@ def _main(
     pop3://USER@HOST (STLS), mbox:PATH, maildir:PATH. Passwords come from
     MIGRATOR_SOURCE_PASSWORD / MIGRATOR_TARGET_PASSWORD, --*-password-file, --*-password-cmd,
     the system keyring, or a prompt; never from the URL.
+
+    \b
+    Example:
+      migrator copy imaps://alice@old.example.org imaps://alice@new.example.org
     """
 
 
 # -- output ---------------------------------------------------------------------------------
+
+
+def _draws_bars() -> bool:
+    """Bars move the cursor: only on a terminal that can (TERM=dumb cannot; Emacs shells,
+    some CI consoles)."""
+    return sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
 
 
 def _err(text: str) -> None:
@@ -141,6 +172,8 @@ class BarReporter(LineReporter):
         self._messages: Any = None
         self._bytes: Any = None
         self._folders: dict[int, Any] = {}
+        #: Per folder being copied: [bytes its listing announced, bytes actually written].
+        self._folder_bytes: dict[int, list[int]] = {}
 
     def _show(self, text: str) -> None:
         self._tqdm.write(text, file=sys.stderr)
@@ -172,6 +205,7 @@ class BarReporter(LineReporter):
         with self._lock:
             self._messages.total += messages
             self._bytes.total += nbytes
+            self._folder_bytes[id(plan)] = [nbytes, 0]
             self._messages.refresh()
             self._bytes.refresh()
             if messages:
@@ -188,6 +222,10 @@ class BarReporter(LineReporter):
     def advanced(self, plan: FolderPlan, messages: int, nbytes: int) -> None:
         with self._lock:
             self._messages.update(messages)
+            if plan_bytes := self._folder_bytes.get(id(plan)):
+                plan_bytes[1] += nbytes
+            if self._bytes.n + nbytes > self._bytes.total:  # bodies larger than listed
+                self._bytes.total = self._bytes.n + nbytes
             self._bytes.update(nbytes)
             bar = self._folders.get(id(plan))
             if bar is not None:
@@ -198,6 +236,13 @@ class BarReporter(LineReporter):
             bar = self._folders.pop(id(stats.plan), None)
             if bar is not None:
                 bar.close()
+            # The listing's sizes were an estimate (failed messages, line-end conversion,
+            # servers that count differently): a finished folder counts what was written, so
+            # the bytes bar ends at 100 % with the messages bar.
+            announced, written = self._folder_bytes.pop(id(stats.plan), (0, 0))
+            if self._bytes is not None and announced != written:
+                self._bytes.total = max(self._bytes.n, self._bytes.total - announced + written)
+                self._bytes.refresh()
         # The folder's line goes to the log file only; the bars already showed it.
         if self._log is not None:
             super().folder_finished(stats)
@@ -231,7 +276,7 @@ def _shorten(text: str, width: int) -> str:
 def _reporter(quiet: bool, json_output: bool, log_file: Path | None) -> LineReporter:
     if quiet or (json_output and not sys.stderr.isatty()):
         return QuietReporter(log_file)
-    if sys.stderr.isatty():
+    if _draws_bars():
         return BarReporter(log_file)
     return LineReporter(log_file)
 
@@ -338,6 +383,33 @@ DstCa = Annotated[Path | None, typer.Option(help="Trust this CA for the target."
 PwFile = Annotated[Path | None, typer.Option("--password-file", help="Read the password here.")]
 PwCmd = Annotated[str | None, typer.Option("--password-cmd", help="Its output is the password.")]
 CaOpt = Annotated[Path | None, typer.Option("--ca-file", help="Trust this CA.")]
+
+
+def _complete_auth(incomplete: str) -> list[str]:
+    """Shell completion for --*-auth: the mechanisms migrator knows."""
+    from migrator.credentials import AUTH_CHOICES
+
+    return [choice for choice in AUTH_CHOICES if choice.startswith(incomplete.lower())]
+
+
+def _complete_endpoint(incomplete: str) -> list[str]:
+    """Shell completion for an endpoint: the schemes, and PROFILE: for every provider profile."""
+    from migrator.account import profile_catalog
+    from migrator.endpoints import SCHEMES
+
+    try:
+        profiles = [f"{name}:" for name in profile_catalog().names()]
+    except MigratorError:  # a broken profile directory: complete what is known
+        profiles = []
+    return [word for word in (*SCHEMES, *profiles) if word.startswith(incomplete.lower())]
+
+
+def _complete_profile(incomplete: str) -> list[str]:
+    from migrator.account import profile_catalog
+
+    return [name for name in profile_catalog().names() if name.startswith(incomplete.lower())]
+
+
 _AUTH_HELP = "How to log in: password, plain, login, oauth2, xoauth2 or oauthbearer."
 SrcTokCmd = Annotated[
     str | None, typer.Option(help="Its output is the source's OAuth2 access token (every login).")
@@ -345,15 +417,29 @@ SrcTokCmd = Annotated[
 DstTokCmd = Annotated[
     str | None, typer.Option(help="Its output is the target's OAuth2 access token (every login).")
 ]
-SrcAuth = Annotated[str | None, typer.Option("--source-auth", help=_AUTH_HELP)]
-DstAuth = Annotated[str | None, typer.Option("--target-auth", help=_AUTH_HELP)]
+SrcAuth = Annotated[
+    str | None,
+    typer.Option("--source-auth", help=_AUTH_HELP, autocompletion=_complete_auth),
+]
+DstAuth = Annotated[
+    str | None,
+    typer.Option("--target-auth", help=_AUTH_HELP, autocompletion=_complete_auth),
+]
 SrcProfile = Annotated[
     str | None,
-    typer.Option("--source-profile", help="Apply this provider profile to an imaps:// source."),
+    typer.Option(
+        "--source-profile",
+        help="Apply this provider profile to an imaps:// source.",
+        autocompletion=_complete_profile,
+    ),
 ]
 DstProfile = Annotated[
     str | None,
-    typer.Option("--target-profile", help="Apply this provider profile to an imaps:// target."),
+    typer.Option(
+        "--target-profile",
+        help="Apply this provider profile to an imaps:// target.",
+        autocompletion=_complete_profile,
+    ),
 ]
 
 
@@ -369,8 +455,19 @@ def _flag_names(names: list[str]) -> frozenset[str]:
 
 @app.command()
 def copy(
-    source: Annotated[str, typer.Argument(help="Where the mail is: imaps://USER@HOST, mbox:PATH")],
-    target: Annotated[str, typer.Argument(help="Where it goes: imaps://USER@HOST, maildir:PATH")],
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="Where the mail is: imaps://USER@HOST, mbox:PATH",
+            autocompletion=_complete_endpoint,
+        ),
+    ],
+    target: Annotated[
+        str,
+        typer.Argument(
+            help="Where it goes: imaps://USER@HOST, maildir:PATH", autocompletion=_complete_endpoint
+        ),
+    ],
     folder: FolderOpt = None,
     exclude: ExcludeOpt = None,
     map_: MapOpt = None,
@@ -451,7 +548,9 @@ def copy(
 ) -> None:
     """Copy every selected message from SOURCE to TARGET, resumably.
 
-    Example: migrator copy imaps://alice@old.example.org imaps://alice@new.example.org
+    \b
+    Example:
+      migrator copy imaps://alice@old.example.org imaps://alice@new.example.org
     """
     with _errors(debug):
         from migrator.account import (
@@ -552,8 +651,12 @@ def copy(
 
 @app.command()
 def verify(
-    source: Annotated[str, typer.Argument(help="The endpoint copied from.")],
-    target: Annotated[str, typer.Argument(help="The endpoint copied to.")],
+    source: Annotated[
+        str, typer.Argument(help="The endpoint copied from.", autocompletion=_complete_endpoint)
+    ],
+    target: Annotated[
+        str, typer.Argument(help="The endpoint copied to.", autocompletion=_complete_endpoint)
+    ],
     folder: FolderOpt = None,
     exclude: ExcludeOpt = None,
     map_: MapOpt = None,
@@ -653,7 +756,10 @@ def _connected(store: Source | Target) -> Iterator[Any]:
 
 @app.command()
 def folders(
-    endpoint: Annotated[str, typer.Argument(help="imaps://USER@HOST, mbox:PATH, ...")],
+    endpoint: Annotated[
+        str,
+        typer.Argument(help="imaps://USER@HOST, mbox:PATH, ...", autocompletion=_complete_endpoint),
+    ],
     target: Annotated[
         str | None,
         typer.Option("--target", help="Also show the name each folder would get in this target."),
@@ -762,8 +868,13 @@ def folders(
 
 @app.command()
 def status(
-    source: Annotated[str | None, typer.Argument(help="The copy's SOURCE (with TARGET).")] = None,
-    target: Annotated[str | None, typer.Argument(help="The copy's TARGET.")] = None,
+    source: Annotated[
+        str | None,
+        typer.Argument(help="The copy's SOURCE (with TARGET).", autocompletion=_complete_endpoint),
+    ] = None,
+    target: Annotated[
+        str | None, typer.Argument(help="The copy's TARGET.", autocompletion=_complete_endpoint)
+    ] = None,
     state: Annotated[Path | None, typer.Option("--state", help="The journal to read.")] = None,
     json_output: JsonOpt = False,
     debug: DebugOpt = False,
@@ -800,7 +911,12 @@ def status(
 
 @app.command()
 def check(
-    endpoint: Annotated[str, typer.Argument(help="imaps://USER@HOST, pop3s://USER@HOST, ...")],
+    endpoint: Annotated[
+        str,
+        typer.Argument(
+            help="imaps://USER@HOST, pop3s://USER@HOST, ...", autocompletion=_complete_endpoint
+        ),
+    ],
     password_file: PwFile = None,
     password_cmd: PwCmd = None,
     ca_file: CaOpt = None,
@@ -850,7 +966,9 @@ def check(
 
 profiles_app = typer.Typer(
     name="profiles",
-    help="Provider profiles (gmail, outlook, ...): the shipped ones and your own.",
+    help="Provider profiles (gmail, outlook, ...): the shipped ones and your own.\n\n"
+    "Example: migrator profiles show gmail",
+    cls=_Commands,
     no_args_is_help=True,
     rich_markup_mode=None,
 )
@@ -898,7 +1016,10 @@ def _toml_value(value: Any) -> str:
 
 @profiles_app.command("show")
 def profiles_show(
-    name: Annotated[str, typer.Argument(help="The profile: gmail, outlook, ...")],
+    name: Annotated[
+        str,
+        typer.Argument(help="The profile: gmail, outlook, ...", autocompletion=_complete_profile),
+    ],
     json_output: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -936,7 +1057,9 @@ def profiles_show(
 
 auth_app = typer.Typer(
     name="auth",
-    help="OAuth2 sign-in for providers that want it (Gmail, Microsoft 365).",
+    help="OAuth2 sign-in for providers that want it (Gmail, Microsoft 365).\n\n"
+    "Example: migrator auth login gmail:alice@gmail.com",
+    cls=_Commands,
     no_args_is_help=True,
     rich_markup_mode=None,
 )
@@ -945,7 +1068,12 @@ app.add_typer(auth_app)
 
 @auth_app.command("login")
 def auth_login(
-    endpoint: Annotated[str, typer.Argument(help="PROFILE:USER, e.g. gmail:alice@gmail.com")],
+    endpoint: Annotated[
+        str,
+        typer.Argument(
+            help="PROFILE:USER, e.g. gmail:alice@gmail.com", autocompletion=_complete_endpoint
+        ),
+    ],
     client_id: Annotated[
         str | None,
         typer.Option("--client-id", help="Your app's client id (see README: OAuth2)."),
@@ -1287,7 +1415,7 @@ def batch(
             selection=Selection(retry_failed, only_failed, refresh),
         )
         observer: BatchLines
-        if not quiet and sys.stderr.isatty():
+        if not quiet and _draws_bars():
             observer = BatchBars()
         else:
             observer = BatchLines(quiet=quiet or json_output)

@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from enum import IntEnum
 
 
@@ -61,3 +63,9 @@ class JournalError(MigratorError):
     """The checkpoint cannot be opened or written; nothing may be copied without it."""
 
     exit_status = ExitStatus.USAGE
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the choice closest to a mistyped word, or nothing."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -319,7 +319,7 @@ class TokenStore(Protocol):
 
 
 class KeyringStore:
-    """The system keyring (pip install 'migrator[keyring]')."""
+    """The system keyring (pip install 'mailbox-migrator[keyring]')."""
 
     def _keyring(self) -> Any:
         try:
@@ -327,7 +327,7 @@ class KeyringStore:
         except ImportError:
             raise ConfigError(
                 "OAuth2 sign-in keeps its refresh token in the system keyring: "
-                "pip install 'migrator[keyring]'"
+                "pip install 'mailbox-migrator[keyring]'"
             ) from None
         return keyring
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from migrator.errors import ConfigError
+from migrator.errors import ConfigError, did_you_mean
 
 TLS_MODES = ("implicit", "starttls")
 AUTH_METHODS = ("password", "app-password", "oauth2")
@@ -448,8 +448,9 @@ class ProfileCatalog:
         files = self.files(name)
         if not files:
             raise ConfigError(
-                f"unknown profile {name!r}; `migrator profiles list` shows them, and your own "
-                f"go in {self.directories[-1] if self.directories else 'the config directory'}"
+                f"unknown profile {name!r}{did_you_mean(name, self.names())}; `migrator profiles "
+                "list` shows them, and your own go in "
+                f"{self.directories[-1] if self.directories else 'the config directory'}"
             )
         layers = [(path, *_read(path)) for path in files]
         profile = build(name, layers)
