@@ -28,7 +28,6 @@ from typing import Any
 from migrator.checkpoint import Journal
 from migrator.credentials import SecretSources, choose_login, env_name, secret_provider
 from migrator.endpoints import (
-    SCHEMES,
     SCHEMES_HELP,
     AccessOptions,
     Endpoint,
@@ -37,6 +36,8 @@ from migrator.endpoints import (
     open_store,
     parse_endpoint,
     resolve_profile,
+    scheme_hint,
+    unknown_scheme,
 )
 from migrator.engine import CopyOptions, Engine, Reporter, RunSummary
 from migrator.errors import ConfigError, did_you_mean
@@ -297,9 +298,8 @@ def resolve_endpoint(
 
 def _unknown_scheme_or_profile(text: str, name: str, catalog: ProfileCatalog) -> ConfigError:
     """``mboxx:PATH`` is a mistyped scheme far more often than a profile nobody wrote."""
-    scheme_hint = did_you_mean(f"{name}:", SCHEMES)
-    if scheme_hint and not did_you_mean(name, catalog.names()):
-        return ConfigError(f"{text}: unknown scheme {name + ':'!r}{scheme_hint}; {SCHEMES_HELP}")
+    if scheme_hint(name) and not did_you_mean(name, catalog.names()):
+        return unknown_scheme(text, name)
     return ConfigError(
         f"{text}: unknown profile {name!r}{did_you_mean(name, catalog.names())}; {SCHEMES_HELP}"
     )

@@ -548,9 +548,7 @@ def copy(
 ) -> None:
     """Copy every selected message from SOURCE to TARGET, resumably.
 
-    \b
-    Example:
-      migrator copy imaps://alice@old.example.org imaps://alice@new.example.org
+    Example: migrator copy imaps://alice@old.example.org imaps://alice@new.example.org
     """
     with _errors(debug):
         from migrator.account import (
@@ -1436,4 +1434,5 @@ def batch(
 
 
 def main() -> None:
-    app()
+    # One name in usage lines and completion, however it was started (`python -m migrator`).
+    app(prog_name="migrator")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
-from migrator.errors import ConfigError, NotSupportedError, did_you_mean
+from migrator.errors import ConfigError, NotSupportedError, closest
 from migrator.profiles import Profile
 from migrator.stores.base import ServerAccess, Source, Target
 
@@ -62,6 +62,18 @@ Endpoint = ServerEndpoint | ArchiveEndpoint | ProfileEndpoint
 SCHEMES = ("imaps://", "imap://", "pop3s://", "pop3://", "mbox:", "maildir:")
 SCHEMES_HELP = "use " + ", ".join(SCHEMES) + " or PROFILE:USER (`migrator profiles list`)"
 
+
+def scheme_hint(word: str) -> str:
+    """`` (did you mean 'mbox:'?)`` when ``word`` looks like a mistyped scheme's name."""
+    names = {scheme.rstrip(":/"): scheme for scheme in SCHEMES}
+    match = closest(word.lower(), names)
+    return f" (did you mean {names[match]!r}?)" if match else ""
+
+
+def unknown_scheme(text: str, word: str) -> ConfigError:
+    return ConfigError(f"{text}: unknown scheme {word!r}{scheme_hint(word)}; {SCHEMES_HELP}")
+
+
 _SERVER = re.compile(r"^(?P<scheme>imaps?|pop3s?)://(?P<rest>.*)$", re.IGNORECASE)
 _PROFILE = re.compile(r"^(?P<name>[a-z][a-z0-9._-]*):(?P<user>[^/].*)$", re.IGNORECASE)
 
@@ -84,15 +96,12 @@ def parse_endpoint(text: str) -> Endpoint:
                 raise ConfigError(f"{text}: missing path; write {kind}:PATH")
             return ArchiveEndpoint(kind, Path(path).expanduser())
     if "://" in text:
-        scheme = text.split("://", 1)[0] + "://"
-        hint = did_you_mean(scheme.lower(), SCHEMES)
-        raise ConfigError(f"{_redact(text)}: unknown scheme {scheme!r}{hint}; {SCHEMES_HELP}")
+        raise unknown_scheme(_redact(text), text.split("://", 1)[0])
     if m := _PROFILE.match(text):
         return ProfileEndpoint(m["name"].lower(), unquote(m["user"]))
     word, colon, _ = text.partition(":")
     if colon and re.fullmatch(r"[a-z][a-z0-9._+-]*", word, re.IGNORECASE):
-        hint = did_you_mean(word.lower() + ":", SCHEMES)
-        raise ConfigError(f"{text}: unknown scheme {word + ':'!r}{hint}; {SCHEMES_HELP}")
+        raise unknown_scheme(text, word)
     raise ConfigError(
         f"{text!r} is not an endpoint; use imaps://USER@HOST, pop3s://USER@HOST, mbox:PATH, "
         "maildir:PATH or PROFILE:USER"

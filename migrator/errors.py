@@ -65,7 +65,13 @@ class JournalError(MigratorError):
     exit_status = ExitStatus.USAGE
 
 
+def closest(word: str, choices: Iterable[str]) -> str | None:
+    """The choice a mistyped word most likely meant, if any is close enough."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """`` (did you mean 'x'?)`` for the choice closest to a mistyped word, or nothing."""
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    match = closest(word, choices)
+    return f" (did you mean {match!r}?)" if match else ""
