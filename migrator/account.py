@@ -28,7 +28,6 @@ from typing import Any
 from migrator.checkpoint import Journal
 from migrator.credentials import SecretSources, choose_login, env_name, secret_provider
 from migrator.endpoints import (
-    SCHEMES_HELP,
     AccessOptions,
     Endpoint,
     ProfileEndpoint,
@@ -40,7 +39,7 @@ from migrator.endpoints import (
     unknown_scheme,
 )
 from migrator.engine import CopyOptions, Engine, Reporter, RunSummary
-from migrator.errors import ConfigError, did_you_mean
+from migrator.errors import ConfigError, closest
 from migrator.filters import MessageFilter, parse_age, parse_date, parse_size
 from migrator.folders import FolderMap
 from migrator.profiles import Profile, ProfileCatalog, folder_adjustments, load_catalog
@@ -285,24 +284,17 @@ def resolve_endpoint(
     profile = None
     if isinstance(endpoint, ProfileEndpoint):
         catalog = catalog or profile_catalog()
-        if endpoint.profile not in catalog.names():
-            raise _unknown_scheme_or_profile(text.strip(), endpoint.profile, catalog)
-        profile = catalog.get(endpoint.profile)
+        name = endpoint.profile
+        # `mboxx:PATH` is a mistyped scheme far more often than a profile nobody wrote.
+        if name not in catalog.names() and scheme_hint(name) and not closest(name, catalog.names()):
+            raise unknown_scheme(text.strip(), name)
+        profile = catalog.get(name)
         return endpoint, resolve_profile(endpoint, profile, side), profile
     if profile_name:
         if not isinstance(endpoint, ServerEndpoint):
             raise ConfigError(f"--{side}-profile: {endpoint} is not a server")
         profile = (catalog or profile_catalog()).get(profile_name)
     return endpoint, endpoint, profile
-
-
-def _unknown_scheme_or_profile(text: str, name: str, catalog: ProfileCatalog) -> ConfigError:
-    """``mboxx:PATH`` is a mistyped scheme far more often than a profile nobody wrote."""
-    if scheme_hint(name) and not did_you_mean(name, catalog.names()):
-        return unknown_scheme(text, name)
-    return ConfigError(
-        f"{text}: unknown profile {name!r}{did_you_mean(name, catalog.names())}; {SCHEMES_HELP}"
-    )
 
 
 def tls_notices(endpoint: Endpoint, server: Endpoint, insecure: bool = False) -> list[str]:
