@@ -28,6 +28,7 @@ from typing import TypeVar
 
 from migrator.errors import JournalError
 from migrator.model import FolderPath, MessageRef
+from migrator.scrub import scrub
 
 SCHEMA_VERSION = 1
 
@@ -411,7 +412,7 @@ class Journal:
             "INSERT INTO messages(src_folder, validity, src_id, dst_folder, key, size, state, "
             "attempts, error, updated)",
             "(?, ?, ?, ?, ?, ?, 'failed', 1, ?, ?)",
-            [(s, validity, r.id, d, r.key, r.size, error, now) for r, error in failed],
+            [(s, validity, r.id, d, r.key, r.size, scrub(error), now) for r, error in failed],
             "ON CONFLICT DO UPDATE SET state='failed', attempts=attempts+1, "
             "error=excluded.error, updated=excluded.updated",
         )

@@ -100,7 +100,9 @@ def _draws_bars() -> bool:
 
 
 def _err(text: str) -> None:
-    sys.stderr.write(text.rstrip("\n") + "\n")
+    from migrator.scrub import scrub
+
+    sys.stderr.write(scrub(text.rstrip("\n")) + "\n")
     sys.stderr.flush()
 
 
@@ -112,6 +114,9 @@ class LineReporter:
         self._log = _open_log(log_file) if log_file else None
 
     def _write(self, text: str, to_stderr: bool = True) -> None:
+        from migrator.scrub import scrub
+
+        text = scrub(text)
         with self._lock:
             if to_stderr:
                 self._show(text)
@@ -299,7 +304,7 @@ def _fail(exc: BaseException, debug: bool) -> NoReturn:
     if debug:
         import traceback
 
-        traceback.print_exception(exc)
+        _err("".join(traceback.format_exception(exc)))
     if isinstance(exc, MigratorError):
         _err(f"migrator: error: {exc}")
         raise typer.Exit(int(exc.exit_status))

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from migrator.errors import ConfigError
+from migrator.scrub import remember
 
 KEYRING_SERVICE = "migrator"
 
@@ -46,15 +47,15 @@ def secret_provider(
     def resolve() -> str:
         side = sources.side
         if value := env.get(env_name(side)):
-            return value
+            return _one_line(value, env_name(side))
         if sources.password_file is not None:
             return _read_file(sources.password_file, side)
         if sources.password_cmd:
             return _run_command(sources.password_cmd, side)
         if (value := _from_keyring(keyring_user)) is not None:
-            return value
+            return _one_line(value, f"{label}: the keyring's password")
         if interactive:
-            return getpass.getpass(f"Password for {label}: ")
+            return _one_line(getpass.getpass(f"Password for {label}: "), "the password typed")
         raise ConfigError(
             f"{label}: no password; set {env_name(side)}, or use --{side}-password-file or "
             f"--{side}-password-cmd, or store it in the system keyring "
@@ -83,7 +84,7 @@ def _read_file(path: Path, side: str) -> str:
         raise ConfigError(
             f"--{side}-password-file {path}: cannot read it ({exc.strerror})"
         ) from None
-    value = text.rstrip("\r\n")
+    value = _one_line(text, f"--{side}-password-file {path}")
     if not value:
         raise ConfigError(f"--{side}-password-file {path}: the file is empty")
     return value
@@ -99,9 +100,27 @@ def _run_command(command: str, side: str, what: str = "password-cmd") -> str:
     if done.returncode != 0:
         # Its output is not shown: it may hold half a secret.
         raise ConfigError(f"--{side}-{what} failed with exit code {done.returncode}")
-    value = done.stdout.rstrip("\r\n")
+    value = _one_line(done.stdout, f"--{side}-{what}")
     if not value:
         raise ConfigError(f"--{side}-{what} printed nothing")
+    return value
+
+
+def _one_line(value: str, where: str) -> str:
+    """A secret is one line: the newline that ends a file or a command's output is dropped
+    (one, as a shell's $(...) would), and any other CR, LF or NUL is refused before it can
+    reach a server, where it would end the LOGIN line and start a command of its own. The
+    secret is remembered for scrubbing (migrator.scrub)."""
+    if value.endswith("\r\n"):
+        value = value[:-2]
+    elif value.endswith("\n"):
+        value = value[:-1]
+    if any(c in value for c in "\r\n\0"):
+        raise ConfigError(
+            f"{where}: the password or token holds a line break or NUL character (more than "
+            "one line?); a secret must be one line"
+        )
+    remember(value)
     return value
 
 
@@ -120,11 +139,17 @@ def token_provider(
     outlives a token), the sign-in ``migrator auth login`` stored (refreshed as needed). None
     when there is none of these."""
     if value := env.get(oauth2_env_name(side)):
-        token = value.strip()
+        token = _one_line(value.strip(), oauth2_env_name(side))
         return lambda: token
     if token_cmd:
         return lambda: _run_command(token_cmd, side, "oauth2-token-cmd")
     return stored
+
+
+def _remembered(token: Callable[[], str]) -> Callable[[], str]:
+    """``token``, each value it gives checked to be one line and remembered for scrubbing (a
+    stored sign-in refreshes its token during a run)."""
+    return lambda: _one_line(token(), "the OAuth2 access token")
 
 
 def _from_keyring(user: str) -> str | None:
@@ -183,7 +208,7 @@ def choose_login(
         if token is None and (wants_oauth or not given_password):
             token = stored_token
         if token is not None:
-            return Login(token, mechanism)
+            return Login(_remembered(token), mechanism)
         if wants_oauth or (oauth_only and not given_password):
             raise ConfigError(
                 f"{label}: no OAuth2 access token; set {oauth2_env_name(side)}, use "

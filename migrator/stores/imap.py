@@ -41,10 +41,14 @@ from migrator.model import (
 )
 from migrator.oauth import sasl_initial
 from migrator.ratelimit import parse_backoff
+from migrator.scrub import ScrubFilter, remember, server_text
 from migrator.stores.base import AppendResult, ServerAccess, Source, Target
 
 #: Where imapclient sends imaplib's protocol lines.
 _PROTOCOL_LOG = logging.getLogger("imapclient.imaplib")
+# Both log our own LOGIN / AUTHENTICATE lines and what the server echoes of them.
+for _logger in (_PROTOCOL_LOG, logging.getLogger("imapclient.imapclient")):
+    _logger.addFilter(ScrubFilter())
 
 _KEY_HEADERS = "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID DATE FROM TO SUBJECT)]"
 _KEY_RESPONSE = b"BODY[HEADER.FIELDS (MESSAGE-ID DATE FROM TO SUBJECT)]"
@@ -111,12 +115,17 @@ def batches_by_size(
         yield batch
 
 
+#: imaplib's wording of a refusal: "LOGIN command error: NO [b'text']".
+_IMAPLIB_REFUSAL = re.compile(r"\w+ command error: (\w+) \[(.*)\]", re.DOTALL)
+
+
 def _text(data: Any) -> str:
-    if isinstance(data, list | tuple):
-        data = b" ".join(d if isinstance(d, bytes) else str(d).encode() for d in data)
-    if isinstance(data, bytes):
-        data = data.decode("utf-8", "replace")
-    return " ".join(str(data).split())
+    """A server's words as a message may repeat them (decoded, one line, secrets scrubbed), an
+    imaplib refusal reduced to what the server said ("NO text")."""
+    text = server_text(data)
+    if refusal := _IMAPLIB_REFUSAL.fullmatch(text):
+        text = f"{refusal[1]} {refusal[2]}"
+    return text
 
 
 class ImapStore(Source, Target):
@@ -216,8 +225,9 @@ class ImapStore(Source, Target):
                         "the OAuth2 access token was refused: get a fresh one (check the "
                         "--*-oauth2-token-cmd, or run `migrator auth login PROFILE:USER` again)"
                     )
+                said = _text(str(exc))
                 raise ConnectError(
-                    f"{self.label}: login failed, the server said {_text(str(exc))!r}; {hint}"
+                    f"{self.label}: login failed, the server said '{said}'; {hint}"
                 ) from None
             client.normalise_times = False
             self._caps = frozenset(c.decode().upper() for c in client.capabilities())
@@ -229,7 +239,9 @@ class ImapStore(Source, Target):
             raise
         except (OSError, imaplib.IMAP4.error, IMAPClientError) as exc:
             _quietly_close(client)
-            raise ConnectError(f"{self.label}: connection lost during login ({exc})") from None
+            raise ConnectError(
+                f"{self.label}: connection lost during login ({_text(str(exc))})"
+            ) from None
 
     def close(self) -> None:
         client, self._client = self._client, None
@@ -796,8 +808,10 @@ def _append_results(response: bytes, count: int) -> list[AppendResult]:
 def _login(client: IMAPClient, access: ServerAccess) -> None:
     """LOGIN, SASL PLAIN, or XOAUTH2 / OAUTHBEARER with an access token from ``secret`` (called
     at every login, so a token command runs again at each reconnect). LoginError on refusal."""
+    secret = access.secret()
+    remember(secret, access.user, access.host, access.port)
     if access.auth in ("xoauth2", "oauthbearer"):
-        initial = sasl_initial(access.auth, access.user, access.secret(), access.host, access.port)
+        initial = sasl_initial(access.auth, access.user, secret, access.host, access.port)
         answered: list[bytes] = []
 
         def respond(challenge: bytes) -> str:
@@ -811,9 +825,8 @@ def _login(client: IMAPClient, access: ServerAccess) -> None:
         except IMAPClientError as exc:
             raise LoginError(str(exc)) from None
     elif access.auth == "plain":
-        client.plain_login(access.user, access.secret())
+        client.plain_login(access.user, secret)
     else:
-        secret = access.secret()
         if (access.user + secret).isascii():
             client.login(access.user, secret)
         elif client.has_capability("AUTH=PLAIN"):

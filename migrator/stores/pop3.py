@@ -31,6 +31,7 @@ from typing import cast
 from migrator.errors import ConnectError, FolderError, MessageError, StoreError
 from migrator.model import INBOX, Folder, FolderPath, FolderState, MessageRef, message_key
 from migrator.oauth import sasl_initial
+from migrator.scrub import remember, server_text
 from migrator.stores.base import ServerAccess, Source
 
 #: Longest line accepted from the server; far above RFC 5322's 998 because real mail breaks it.
@@ -204,12 +205,9 @@ def apop_digest(greeting: bytes, password: str) -> str | None:
     return hashlib.md5(m.group(0) + password.encode(), usedforsecurity=False).hexdigest()
 
 
-def _scrub(text: str, secret: str) -> str:
-    """A server's text as it may be shown: never with the password in it."""
-    text = text.strip().replace("\r", " ").replace("\n", " ")
-    if secret:
-        text = text.replace(secret, "***")
-    return text[:300]
+def _scrub(text: str) -> str:
+    """A server's text as it may be shown: one line, never with a secret in it."""
+    return server_text(text)
 
 
 # --- the wire -------------------------------------------------------------------------------
@@ -501,7 +499,7 @@ class Pop3Store(Source):
                     "and that the server offers POP3"
                 ) from None
             raise ConnectError(
-                f"{self.label}: the server refused the connection: '{_scrub(str(text), '')}'; "
+                f"{self.label}: the server refused the connection: '{_scrub(str(text))}'; "
                 "try again later"
             ) from None
         except OSError as exc:
@@ -533,7 +531,7 @@ class Pop3Store(Source):
             wire.command("STLS")
         except _Refused as exc:
             raise ConnectError(
-                f"{self.label}: the server refused STLS ('{_scrub(exc.text, '')}'), so the "
+                f"{self.label}: the server refused STLS ('{_scrub(exc.text)}'), so the "
                 "password would travel in plaintext; use pop3s://, or pop3://...?tls=none on a "
                 "network you trust"
             ) from None
@@ -558,6 +556,7 @@ class Pop3Store(Source):
         if any(c in user for c in "\r\n\0"):
             raise ConnectError(f"{self.label}: the user name holds a line break; fix the endpoint")
         password = self.access.secret()
+        remember(password, user, self.access.host, self.access.port)
         try:
             if self.apop:
                 digest = apop_digest(greeting, password)
@@ -581,7 +580,7 @@ class Pop3Store(Source):
                 wire.command(f"USER {user}")
                 wire.command(f"PASS {password}")
         except _Refused as exc:
-            said = _scrub(exc.text, password)
+            said = _scrub(exc.text)
             busy = any(code in said for code in ("[IN-USE]", "[LOGIN-DELAY]", "[SYS/TEMP]"))
             hint = "try again later" if busy else "check the user name and password"
             if self.access.auth in ("xoauth2", "oauthbearer") and not busy:
@@ -721,7 +720,7 @@ class Pop3Store(Source):
                             session.wire.status()
                             result = session.wire.body()
                         except _Refused as exc:
-                            result = MessageError(f"the server refused RETR: {exc.text}")
+                            result = MessageError(f"the server refused RETR: {_scrub(exc.text)}")
                 except _Dropped as exc:
                     session = None
                     self._retrying(str(exc))
@@ -801,7 +800,7 @@ class Pop3Store(Source):
         if refused:
             raise StoreError(
                 f"{self.label}: the server refused to delete {len(refused)} message(s) "
-                f"('{_scrub(refused[0], '')}'); they stay on the server and a rerun tries again",
+                f"('{_scrub(refused[0])}'); they stay on the server and a rerun tries again",
                 transient=True,
             )
 
@@ -811,4 +810,4 @@ class Pop3Store(Source):
         try:
             wire.command("QUIT")
         except _Refused as exc:
-            raise _Dropped(f"the server refused QUIT: '{_scrub(exc.text, '')}'") from None
+            raise _Dropped(f"the server refused QUIT: '{_scrub(exc.text)}'") from None

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from migrator.scrub import forget_all, remember
 from migrator.stores.pop3 import (
     _scrub,
     _Wire,
@@ -231,4 +232,6 @@ def test_apop_digest_uses_the_greeting_timestamp() -> None:
 def test_scrub_never_shows_the_password_and_stays_one_line(
     text: str, secret: str, shown: str
 ) -> None:
-    assert _scrub(text, secret) == shown
+    forget_all()  # other tests remembered theirs
+    remember(secret)  # as credentials.py does when it reads it
+    assert _scrub(text) == shown
