@@ -266,6 +266,9 @@ class DaskCluster:
             "scheduler",
             ["scheduler", "--host", "127.0.0.1", "--port", str(self.port), "--no-dashboard"],
         )
+        # Workers listen on ports of their own choosing: one started before the scheduler has
+        # bound its port could take it (seen on Python 3.13), so they start once it listens.
+        self.wait_for_scheduler()
         for n in range(workers):
             self._spawn(
                 f"worker{n}",
@@ -287,6 +290,18 @@ class DaskCluster:
                 ],
             )
         self.wait_for_workers(workers)
+
+    def wait_for_scheduler(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.procs["scheduler"].poll() is not None:
+                break
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise AssertionError(f"the Dask scheduler did not listen within {timeout}s: {self.logs()}")
 
     def wait_for_workers(self, n: int, timeout: float = 60) -> None:
         from distributed import Client
