@@ -62,6 +62,8 @@ META_BATCH_MIN = 100
 #: Body FETCH / APPEND batch limits: bytes in flight per batch, and messages per command.
 BODY_BATCH_BYTES = 2 * 1024 * 1024
 BODY_BATCH_COUNT = 400
+#: Largest RFC822.SIZE taken as true (1 TiB); beyond it, or below zero, the message fails.
+LARGEST_CLAIMED_SIZE = 1 << 40
 
 
 def uid_set(uids: Iterable[int]) -> str:
@@ -160,6 +162,9 @@ class ImapStore(Source, Target):
         self._meta_batch = META_BATCH
         self.delimiter: str | None = None
         self.max_message_size: int | None = None
+        #: Source id -> why the message cannot be copied, learnt while listing (a size or a
+        #: keyword no journal or target can hold); fetch() fails these messages with the reason.
+        self._unusable: dict[str, str] = {}
         #: Filled at connect, for `check` and the report.
         self.greeting = ""
         self.tls_version: str | None = None
@@ -485,11 +490,22 @@ class ImapStore(Source, Target):
         return parse_fetch_response(data, False, True)  # type: ignore[no-any-return]
 
     def _ref(self, uid: int, item: dict[bytes, Any], keys: bool = True) -> MessageRef:
-        size = int(item.get(b"RFC822.SIZE", 0))
+        size = item.get(b"RFC822.SIZE", 0)
         raw = item.get(b"FLAGS", ())
+        if not isinstance(size, int) or not 0 <= size <= LARGEST_CLAIMED_SIZE:
+            # Kept out of the journal and the batch sizes; fetch() fails the message.
+            self._unusable[str(uid)] = f"the server gave an impossible size ({_text(str(size))})"
+            size = 0
         flags = self._flag_sets.get(raw)
         if flags is None:
-            kept = frozenset(f.decode() if isinstance(f, bytes) else str(f) for f in raw)
+            try:
+                kept = frozenset(f.decode() if isinstance(f, bytes) else str(f) for f in raw)
+            except UnicodeDecodeError:
+                bad = next(f for f in raw if isinstance(f, bytes) and not _is_utf8(f))
+                self._unusable[str(uid)] = (
+                    f"its keyword {_text(bad)!r} is not UTF-8, which no target can store as it is"
+                )
+                raw, kept = (), frozenset()
             kept -= UNCOPIED_FLAGS
             # One frozenset per distinct set of flags: a listing has a handful, not one each.
             flags = self._flag_sets.setdefault(kept, kept)
@@ -515,6 +531,10 @@ class ImapStore(Source, Target):
     def fetch(
         self, path: FolderPath, refs: Sequence[MessageRef]
     ) -> Iterator[tuple[MessageRef, bytes | MessageError]]:
+        for ref in refs:
+            if ref.id in self._unusable:
+                yield ref, MessageError(self._unusable[ref.id])
+        refs = [ref for ref in refs if ref.id not in self._unusable]
         for batch in batches_by_size(refs, BODY_BATCH_BYTES, BODY_BATCH_COUNT):
             self._ensure_selected(path, readonly=not self.restore_seen)
             uids = {r.id: self._uid(path, r.id) for r in batch}
@@ -633,6 +653,14 @@ class ImapStore(Source, Target):
             else:
                 results.append(AppendResult(error=f"the server said: {_text(data)}"))
         return results
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 @lru_cache(maxsize=64)

@@ -611,6 +611,14 @@ class MboxStore(Source, Target):
                     f"{self.label}: folder name level {level!r} cannot be a file name here"
                 )
         ours = self.path.joinpath(*path[:-1], path[-1] + SUFFIX)
+        try:
+            return self._existing_file(path, ours)
+        except OSError as exc:  # a name longer than the file system holds (ENAMETOOLONG), ...
+            raise FolderError(
+                f"{self.label}: no file here can hold this folder: {os_reason(exc)}"
+            ) from None
+
+    def _existing_file(self, path: FolderPath, ours: Path) -> Path:
         if ours.exists():
             return ours
         for candidate in (

@@ -159,3 +159,49 @@ def test_the_journal_never_stores_a_secret_a_server_put_in_a_refusal(tmp_path: P
     leaks.search("stderr", result.stderr)
     leaks.search_tree(tmp_path)
     assert not leaks.where, "\n".join(leaks.where)
+
+
+# -- item 6: what a target cannot hold fails one folder or one message, never the run -----------
+
+BAD_INPUT = {
+    "300-character folder name": ({"x" * 300: [Message(1, message(10))]}, "File name too long"),
+    "RFC822.SIZE 10^30": ({"INBOX": [Message(3, message(3), claimed=10**30)]}, "impossible size"),
+    "RFC822.SIZE -5": ({"INBOX": [Message(3, message(3), claimed=-5)]}, "impossible size"),
+    "keyword not UTF-8": (
+        {"INBOX": [Message(3, message(3), flags=b"\\Seen caf\xe9")]},
+        "is not UTF-8",
+    ),
+}
+
+
+@pytest.mark.parametrize("target", ["mbox", "maildir"])
+@pytest.mark.parametrize("case", list(BAD_INPUT))
+def test_one_bad_folder_or_message_fails_alone_and_every_rerun_finishes(
+    tmp_path: Path, case: str, target: str
+) -> None:
+    bad, reason = BAD_INPUT[case]
+    folders = {"INBOX": [Message(1, message(1)), Message(2, message(2))], "Good": []}
+    folders["Good"].append(Message(1, message(5)))
+    for name, messages in bad.items():
+        folders[name] = folders.get(name, []) + messages
+    with RogueServer(ImapSession, folders, lifetime=60) as server:
+        for attempt in range(2):
+            result = _run(
+                [
+                    "copy", f"imap://{USER}@127.0.0.1:{server.port}?tls=none",
+                    f"{target}:{tmp_path / 'out'}", "--state", str(tmp_path / "j.sqlite"),
+                    "--timeout", "10",
+                ],
+                base_env(MIGRATOR_SOURCE_PASSWORD=SECRET),
+            )  # fmt: skip
+            stderr = result.stderr.decode()
+            assert result.returncode == 1, (attempt, stderr)
+            assert "internal error" not in stderr and reason in stderr + _failures(tmp_path)
+            # the summary: a line for every folder, the good ones copied (then skipped)
+            assert f"INBOX -> INBOX: {2 if attempt == 0 else 0} copied" in stderr, stderr
+            assert f"Good -> Good: {1 if attempt == 0 else 0} copied" in stderr, stderr
+
+
+def _failures(tmp_path: Path) -> str:
+    with sqlite3.connect(tmp_path / "j.sqlite") as db:
+        return " ".join(e for (e,) in db.execute("SELECT error FROM messages") if e)
