@@ -460,14 +460,17 @@ class Engine:
         self, source: Source, target: Target, plan: FolderPlan, stats: FolderStats, pace: _Pace
     ) -> None:
         """Copy one folder, reconnecting after a lost connection. ``--retries`` counts the
-        reconnects in a row that moved nothing: an attempt that copied or listed something
-        starts the count (and the backoff) afresh, so a link that drops often but works in
-        between finishes the job, and one that is down gives up after that many tries."""
+        reconnects in a row that moved nothing: an attempt that copied something new into the
+        target, or listed more of the folder, starts the count (and the backoff) afresh, so a
+        link that drops often but works in between finishes the job, and one that is down gives
+        up after that many tries. A message that failed is not progress: a server that fails
+        one message and drops the connection at every attempt is given up on like a dead link
+        (and the stores' login gate, ratelimit.LOGINS, caps the logins a minute in any case)."""
         delay = self.options.retry_delay
         failures = throttled = 0
         listing = _Listing()
         while True:
-            before = (stats.copied, stats.failed, len(listing.refs))
+            before = (stats.copied, len(listing.refs))
             try:
                 source.connect()
                 target.connect()
@@ -502,7 +505,7 @@ class Engine:
                     if self.stop.wait(exc.retry_after):
                         raise _Stop() from None
                     continue
-                progressed = (stats.copied, stats.failed, len(listing.refs)) != before
+                progressed = (stats.copied, len(listing.refs)) != before
                 if progressed:
                     failures, delay = 0, self.options.retry_delay
                 failures += 1
@@ -789,6 +792,10 @@ class Engine:
                 put(_END)
 
         errors: list[BaseException] = []
+        #: The reader's last word (its error, or _END) once gather() took it out of the queue:
+        #: put back, it would land behind the _END that follows an error, and the error (and
+        #: the messages it left unfetched) would be lost.
+        last: list[object] = []
 
         def gather(most: int) -> list[tuple[MessageRef, bytes | MessageError]]:
             """Up to ``most`` more batches that are already waiting, in order: one commit for
@@ -800,7 +807,7 @@ class Engine:
                 except queue.Empty:
                     break
                 if item is _END or isinstance(item, BaseException):
-                    batches.put_nowait(item)  # the reader's last word stays last
+                    last.append(item)  # the reader's last word stays last
                     break
                 more.extend(cast(list[tuple[MessageRef, bytes | MessageError]], item))
             return more
@@ -812,14 +819,20 @@ class Engine:
             try:
                 while not abandon.is_set():
                     try:
-                        item = batches.get(timeout=0.2) if owed is None else batches.get_nowait()
+                        if last:
+                            item = last[0]
+                        elif owed is None:
+                            item = batches.get(timeout=0.2)
+                        else:
+                            item = batches.get_nowait()
                     except queue.Empty:
                         if owed is not None:  # nothing waiting to share a transaction with
                             self._settle(owed)
                             owed = None
                         continue
                     if item is _END or isinstance(item, BaseException):
-                        batches.put_nowait(item)  # for the other writers; a slot was just freed
+                        if not last:  # for the other writers; a slot was just freed
+                            batches.put_nowait(item)
                         if isinstance(item, BaseException) and not errors:
                             errors.append(item)
                         return

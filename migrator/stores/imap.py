@@ -40,7 +40,7 @@ from migrator.model import (
     to_crlf,
 )
 from migrator.oauth import sasl_initial
-from migrator.ratelimit import parse_backoff
+from migrator.ratelimit import LOGINS, parse_backoff
 from migrator.scrub import ScrubFilter, remember, server_text
 from migrator.stores.base import AppendResult, ServerAccess, Source, Target
 
@@ -165,6 +165,8 @@ class ImapStore(Source, Target):
         #: Source id -> why the message cannot be copied, learnt while listing (a size or a
         #: keyword no journal or target can hold); fetch() fails these messages with the reason.
         self._unusable: dict[str, str] = {}
+        #: The untagged FETCH answers read before a connection broke mid-FETCH.
+        self._partial: list[Any] = []
         #: Filled at connect, for `check` and the report.
         self.greeting = ""
         self.tls_version: str | None = None
@@ -175,6 +177,7 @@ class ImapStore(Source, Target):
         if self._client is not None:
             return
         a = self.access
+        LOGINS.wait(f"{a.user}@{a.host}:{a.port}")
         try:
             client = IMAPClient(
                 a.host,
@@ -478,9 +481,14 @@ class ImapStore(Source, Target):
         command lines are refused by some servers)."""
         imap = self._c._imap
         tag = imap._command("UID", "FETCH", uids, items)
-        if imap.debug == 0:  # with --debug, imaplib logs each line itself
-            read_fetch_answers(imap, tag)
-        typ, data = imap._command_complete("FETCH", tag)
+        try:
+            if imap.debug == 0:  # with --debug, imaplib logs each line itself
+                read_fetch_answers(imap, tag)
+            typ, data = imap._command_complete("FETCH", tag)
+        except (imaplib.IMAP4.abort, OSError, EOFError):
+            # What came whole before the connection broke (a BYE mid-FETCH): fetch() keeps it.
+            self._partial = imap.untagged_responses.pop("FETCH", None) or []
+            raise
         if typ != "OK":
             raise self._refused("FETCH", _text(data))
         typ, data = imap._untagged_response(typ, data, "FETCH")
@@ -538,8 +546,19 @@ class ImapStore(Source, Target):
         for batch in batches_by_size(refs, BODY_BATCH_BYTES, BODY_BATCH_COUNT):
             self._ensure_selected(path, readonly=not self.restore_seen)
             uids = {r.id: self._uid(path, r.id) for r in batch}
-            with self._talk("UID FETCH"):
-                data = self._fetch(uid_set(uids.values()), "(BODY.PEEK[])")
+            self._partial = []
+            try:
+                with self._talk("UID FETCH"):
+                    data = self._fetch(uid_set(uids.values()), "(BODY.PEEK[])")
+            except StoreError:
+                # The messages that arrived whole before the connection broke are handed over
+                # before the error, so that each attempt moves what it could.
+                whole = complete_bodies(self._partial)
+                self._partial = []
+                for ref in batch:
+                    if (body := whole.get(uids[ref.id])) is not None:
+                        yield ref, body
+                raise
             unseen = [uids[r.id] for r in batch if "\\Seen" not in r.flags]
             if self.restore_seen and unseen:
                 with self._talk("UID STORE -FLAGS (\\Seen)"):
@@ -792,6 +811,19 @@ def parse_bodies(data: Sequence[Any]) -> dict[int, dict[bytes, Any]] | None:
         found[int(head[2])] = {b"SEQ": int(head[1]), b"BODY[]": part[1]}
         closing = True
     return None if closing else found
+
+
+def complete_bodies(data: Sequence[Any]) -> dict[int, bytes]:
+    """UID -> body of the ``* N FETCH (UID U BODY[] {size}`` answers that arrived whole (their
+    closing parenthesis read) before a FETCH broke off; anything else is left out."""
+    found: dict[int, bytes] = {}
+    for part, after in zip(data, [*data[1:], None], strict=False):
+        if not isinstance(part, tuple) or len(part) != 2 or after != b")":
+            continue
+        head = _BODY_HEAD.fullmatch(part[0])
+        if head is not None and isinstance(part[1], bytes):
+            found[int(head[2])] = part[1]
+    return found
 
 
 def _internaldate(text: bytes) -> datetime | None:

@@ -31,6 +31,7 @@ from typing import cast
 from migrator.errors import ConnectError, FolderError, MessageError, StoreError
 from migrator.model import INBOX, Folder, FolderPath, FolderState, MessageRef, message_key
 from migrator.oauth import sasl_initial
+from migrator.ratelimit import LOGINS
 from migrator.scrub import remember, server_text
 from migrator.stores.base import ServerAccess, Source
 
@@ -428,6 +429,8 @@ class Pop3Store(Source):
     def _open(self) -> _Session:
         """Connect, secure, log in and number the messages. _Dropped for network failures,
         ConnectError for anything the user must fix."""
+        a = self.access
+        LOGINS.wait(f"{a.user}@{a.host}:{a.port}")
         wire = _Wire(self._dial())
         try:
             caps = self._capa(wire)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import sqlite3
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -205,3 +206,75 @@ def test_one_bad_folder_or_message_fails_alone_and_every_rerun_finishes(
 def _failures(tmp_path: Path) -> str:
     with sqlite3.connect(tmp_path / "j.sqlite") as db:
         return " ".join(e for (e,) in db.execute("SELECT error FROM messages") if e)
+
+
+# -- item 5: --retries bounds the logins; a failed message is not progress ----------------------
+
+
+class FailsAndDrops(ImapSession):
+    """Message 1 claims an impossible size (it fails at every attempt), message 2's body is cut
+    off with the connection: each attempt fails one message and loses the link."""
+
+    def send_body(self, seq: int, msg: Message) -> None:
+        self.send(b"* %d FETCH (UID %d BODY[] {%d}\r\n" % (seq, msg.uid, len(msg.body)))
+        self.send(msg.body[:20])
+        raise EOFError
+
+
+@pytest.mark.parametrize("retries", [0, 1, 3])
+def test_a_message_failing_at_every_attempt_does_not_reset_the_retries(
+    tmp_path: Path, retries: int
+) -> None:
+    folders = {"INBOX": [Message(1, message(1), claimed=10**30), Message(2, message(2))]}
+    with RogueServer(FailsAndDrops, folders, lifetime=120) as server:
+        started = time.monotonic()
+        result = _run(
+            [
+                "copy", f"imap://{USER}@127.0.0.1:{server.port}?tls=none",
+                f"maildir:{tmp_path / 'out'}", "--state", str(tmp_path / "j.sqlite"),
+                "--retries", str(retries), "--timeout", "10",
+            ],
+            base_env(MIGRATOR_SOURCE_PASSWORD=SECRET),
+            timeout=90,
+        )  # fmt: skip
+        took = time.monotonic() - started
+    stderr = result.stderr.decode()
+    assert result.returncode == 1, stderr
+    assert f"gave up after {retries} reconnects" in stderr, stderr
+    # one login per attempt, plus the first connection that lists the folders
+    assert server.logins <= retries + 1 + 2, (server.logins, stderr)
+    # backoff between attempts that moved nothing: 1 s, doubling (the first attempt listed the
+    # folder, which is progress: its reconnect is immediate)
+    assert took >= sum(2**n for n in range(retries - 1)), took
+    print(f"\n--retries {retries}: {server.logins} logins in {took:.1f}s")
+
+
+class ByeMidFetch(ImapSession):
+    """Sends the first message asked for, then BYE in the middle of the FETCH, and closes at
+    once (the race of item 9: the close follows the BYE immediately)."""
+
+    def send_body(self, seq: int, msg: Message) -> None:
+        if getattr(self, "sent_one", False):
+            self.send(b"* BYE shutting down\r\n")
+            raise EOFError
+        self.sent_one = True
+        super().send_body(seq, msg)
+
+
+def test_bye_in_the_middle_of_a_fetch_loses_no_message(tmp_path: Path) -> None:
+    folders = {"INBOX": [Message(n, message(n)) for n in range(1, 5)]}
+    with RogueServer(ByeMidFetch, folders, lifetime=60) as server:
+        result = _run(
+            [
+                "copy", f"imap://{USER}@127.0.0.1:{server.port}?tls=none",
+                f"maildir:{tmp_path / 'out'}", "--state", str(tmp_path / "j.sqlite"),
+                "--retries", "1", "--timeout", "10",
+            ],
+            base_env(MIGRATOR_SOURCE_PASSWORD=SECRET),
+        )  # fmt: skip
+    stderr = result.stderr.decode()
+    # each connection moves one message: progress, so the run goes on until all are copied
+    assert result.returncode == 0, stderr
+    assert "INBOX -> INBOX: 4 copied" in stderr, stderr
+    assert len(list((tmp_path / "out").rglob("cur/*"))) == 4
+    assert server.logins <= 4 + 2

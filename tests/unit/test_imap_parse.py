@@ -227,3 +227,15 @@ def test_fetch_answers_with_a_bye_are_a_lost_connection() -> None:
     tag = imap._command("UID", "FETCH", "1", "(BODY.PEEK[])")
     with pytest.raises(imaplib.IMAP4.abort, match="shutting down"):
         read_fetch_answers(imap, tag)
+
+
+def test_complete_bodies_keeps_only_the_answers_that_arrived_whole():
+    from migrator.stores.imap import complete_bodies
+
+    data = [
+        (b"1 (UID 11 BODY[] {3}", b"abc"),
+        b")",
+        (b"2 (UID 12 BODY[] {3}", b"def"),  # its closing never came: the FETCH broke off
+    ]
+    assert complete_bodies(data) == {11: b"abc"}
+    assert complete_bodies([]) == {}
