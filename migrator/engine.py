@@ -245,10 +245,11 @@ class _Share:
         self.pool = pool
         self.held = 0
 
-    def acquire(self, nbytes: int, *cancel: threading.Event) -> bool:
+    def acquire(self, nbytes: int, *cancel: threading.Event, besides: int = 0) -> bool:
+        """Wait for room for ``nbytes`` (or until no more than ``besides`` bytes are held)."""
         pool = self.pool
         with pool.cond:
-            while pool.used > 0 and pool.used + nbytes > pool.limit:
+            while pool.used > besides and pool.used + nbytes > pool.limit:
                 if any(event.is_set() for event in cancel):
                     return False
                 pool.cond.wait(0.2)
@@ -271,6 +272,12 @@ class _Share:
 
 
 _END = object()
+
+
+def _held(ref: MessageRef, data: bytes | MessageError) -> int:
+    """The bytes in flight a fetched message counts for: its claimed size, or what came when
+    that is more (see the reader in Engine._stream)."""
+    return max(ref.size, len(data)) if isinstance(data, bytes) else ref.size
 
 
 @dataclass
@@ -760,9 +767,20 @@ class Engine:
                     if not share.acquire(held, abandon, self.stop):
                         return
                     self._throttle(chunk)
+                    claimed_left = held
                     for ref, data in source.fetch(plan.source.path, chunk):
                         if abandon.is_set() or self.stop.is_set():
                             return
+                        claimed_left -= ref.size
+                        if isinstance(data, bytes) and len(data) > ref.size:
+                            # More than the size claimed (a server may lie): the bytes in
+                            # flight count what came, so memory follows the bytes received.
+                            if batch:
+                                put(batch)
+                                batch, size = [], 0
+                            more = len(data) - ref.size
+                            if not share.acquire(more, abandon, self.stop, besides=claimed_left):
+                                return
                         batch.append((ref, data))
                         size += len(data) if isinstance(data, bytes) else 0
                         if size >= options.batch_bytes or len(batch) >= options.batch_count:
@@ -837,7 +855,7 @@ class Engine:
                             errors.append(item)
                         return
                     item = item + gather(self._group - 1)  # type: ignore[operator]
-                    held = sum(ref.size for ref, _ in item)  # type: ignore[attr-defined]
+                    held = sum(_held(ref, data) for ref, data in item)  # type: ignore[attr-defined]
                     try:
                         owed = self._write_batch(into, plan, validity, item, stats, pace, owed)  # type: ignore[arg-type]
                     finally:

@@ -239,3 +239,25 @@ def test_complete_bodies_keeps_only_the_answers_that_arrived_whole():
     ]
     assert complete_bodies(data) == {11: b"abc"}
     assert complete_bodies([]) == {}
+
+
+def test_a_literal_larger_than_the_run_takes_is_refused_before_anything_is_read():
+    import io
+    import types
+
+    from migrator.stores.imap import _read_literal, _TooBig
+
+    def connection(allowed: int | None) -> types.SimpleNamespace:
+        raw = io.BufferedReader(io.BytesIO(b"x" * 100))  # type: ignore[arg-type]
+        return types.SimpleNamespace(file=raw, _migrator_allowed=allowed, abort=imaplib.IMAP4.abort)
+
+    imap = connection(None)
+    with pytest.raises(_TooBig, match="99999999999 bytes") as caught:
+        _read_literal(imap, 99_999_999_999, "7")
+    assert caught.value.single and caught.value.uid == "7" and imap.file.tell() == 0
+    # within a FETCH's allowance: read, and the allowance shrinks; past it: refused, not single
+    imap = connection(60)
+    assert _read_literal(imap, 50) == b"x" * 50 and imap._migrator_allowed == 10
+    with pytest.raises(_TooBig) as caught:
+        _read_literal(imap, 20)
+    assert not caught.value.single
