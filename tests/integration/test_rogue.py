@@ -510,3 +510,29 @@ def test_a_pop3_retr_past_its_list_size_fails_that_message_only(tmp_path: Path) 
     assert run.returncode == 1, run.stderr
     assert "INBOX -> INBOX: 1 copied, 0 skipped, 1 failed" in run.stderr, run.stderr
     assert run.peak_mb < PEAK_MB
+
+
+class StallingLiteral(TricklingLiteral):
+    """A body that stops after its first byte, for longer than a test waits."""
+
+    def send_body(self, seq: int, msg: Message) -> None:
+        self.send(b"* %d FETCH (UID %d BODY[] {%d}\r\n" % (seq, msg.uid, len(msg.body)))
+        self.send(msg.body[:1])
+        time.sleep(60)
+
+
+def test_ctrl_c_during_a_stalled_fetch_ends_the_run_within_seconds(tmp_path: Path) -> None:
+    folders = {"INBOX": [Message(n, message(n)) for n in (1, 2)]}
+    with RogueServer(StallingLiteral, folders, lifetime=90) as server:
+        run = _measured(
+            _imap_copy(server, tmp_path, "--timeout", "30"),
+            base_env(MIGRATOR_SOURCE_PASSWORD=SECRET),
+            timeout=60,
+            interrupt_after=3.0,
+        )
+    print(f"\nCtrl-C mid-FETCH: exit {run.returncode} after {run.seconds:.1f}s")
+    assert run.returncode == 130, run.stderr
+    assert run.seconds < 3.0 + 8.0, run.seconds
+    # the journal is consistent: a rerun opens it (and is stopped by the same server)
+    with sqlite3.connect(tmp_path / "j.sqlite") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
