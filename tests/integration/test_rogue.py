@@ -536,3 +536,28 @@ def test_ctrl_c_during_a_stalled_fetch_ends_the_run_within_seconds(tmp_path: Pat
     # the journal is consistent: a rerun opens it (and is stopped by the same server)
     with sqlite3.connect(tmp_path / "j.sqlite") as db:
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+# -- item 8: the smaller ones ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target", ["maildir", "mbox"])
+def test_an_mbox_source_with_a_50_mb_message_stays_in_bounded_memory(
+    tmp_path: Path, target: str
+) -> None:
+    body = message(1, 50 * 1024 * 1024).replace(b"\r\n", b"\n")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "INBOX").write_bytes(b"From a@b Mon Mar  4 05:06:07 2019\n" + body + b"\n")
+    run = _measured(
+        [
+            "copy", f"mbox:{tmp_path / 'src'}", f"{target}:{tmp_path / 'out'}",
+            "--state", str(tmp_path / "j.sqlite"),
+        ],
+        base_env(),
+        timeout=120,
+        workdir=tmp_path,
+    )  # fmt: skip
+    print(f"\nmbox, one 50 MB message -> {target}: {run.peak_mb:.0f} MB, {run.seconds:.1f}s")
+    assert run.returncode == 0, run.stderr
+    assert "INBOX -> INBOX: 1 copied" in run.stderr
+    assert run.peak_mb < PEAK_MB
