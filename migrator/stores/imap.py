@@ -134,8 +134,9 @@ def batches_by_size(
         yield batch
 
 
-#: imaplib's wording of a refusal: "LOGIN command error: NO [b'text']".
-_IMAPLIB_REFUSAL = re.compile(r"\w+ command error: (\w+) \[(.*)\]", re.DOTALL)
+#: imaplib's wording of a refusal, "LOGIN command error: NO [b'text']", once server_text has
+#: decoded the list of bytes in it.
+_IMAPLIB_REFUSAL = re.compile(r"\w+ command error: (\w+) (.*)", re.DOTALL)
 
 
 def _text(data: Any) -> str:
@@ -234,13 +235,36 @@ class ImapStore(Source, Target):
                         f"{self.label}: the server does not offer STARTTLS; use imaps:// or, "
                         "on a trusted network only, ?tls=none"
                     )
+                answers: list[tuple[str, Any]] = []
+                imap = client._imap
+                simple_command = imap._simple_command
+
+                def answered(*args: Any) -> tuple[str, Any]:
+                    # imaplib drops the server's words when STARTTLS is refused with NO.
+                    answers.append(simple_command(*args))
+                    return answers[-1]
+
+                imap._simple_command = answered
                 try:
                     client.starttls(a.ssl_context)
+                except (imaplib.IMAP4.error, IMAPClientError) as exc:
+                    if isinstance(exc, imaplib.IMAP4.abort):
+                        raise
+                    said = _text(str(exc))
+                    if answers and answers[-1][0] != "OK":
+                        said = f"{answers[-1][0]} {_text(answers[-1][1])}"
+                    raise ConnectError(
+                        f"{self.label}: the server refused STARTTLS ({said}), so the password "
+                        "would travel in plaintext; use imaps:// or, on a trusted network only, "
+                        "?tls=none"
+                    ) from None
                 except ssl.SSLCertVerificationError as exc:
                     raise ConnectError(
                         f"{self.label}: the server's certificate is not trusted "
                         f"({exc.verify_message}); use --source-ca-file/--target-ca-file"
                     ) from None
+                finally:
+                    del imap._simple_command  # the class's own again
             sock = client.socket()
             if isinstance(sock, ssl.SSLSocket):
                 self.tls_version = sock.version()

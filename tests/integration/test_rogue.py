@@ -561,3 +561,52 @@ def test_an_mbox_source_with_a_50_mb_message_stays_in_bounded_memory(
     assert run.returncode == 0, run.stderr
     assert "INBOX -> INBOX: 1 copied" in run.stderr
     assert run.peak_mb < PEAK_MB
+
+
+def test_a_read_only_maildir_target_names_what_cannot_be_created(tmp_path: Path) -> None:
+    from tests.integration.test_resources import _remount, tmpfs
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "INBOX").write_bytes(
+        b"From a@b Mon Mar  4 05:06:07 2019\n" + message(1).replace(b"\r\n", b"\n") + b"\n"
+    )
+    with tmpfs(tmp_path / "ro", "1m") as ro:
+        (ro / "md").mkdir()  # the target exists, empty; the file system becomes read-only
+        _remount(ro, "ro")
+        result = _run(
+            ["copy", f"mbox:{tmp_path / 'src'}", f"maildir:{ro / 'md'}",
+             "--state", str(tmp_path / "j.sqlite")],
+            base_env(),
+        )  # fmt: skip
+        _remount(ro, "rw")
+    stderr = result.stderr.decode()
+    assert result.returncode == 1, stderr
+    expected = f"maildir:{ro / 'md'}: cannot create {ro / 'md' / 'cur'}: Read-only file system"
+    assert f"migrator: INBOX: {expected}\n" in stderr, stderr
+
+
+class RefusesStarttls(ImapSession):
+    capabilities = b"IMAP4rev1 STARTTLS AUTH=PLAIN"
+    answer = b"NO [UNAVAILABLE] TLS is down today"
+
+    def do_STARTTLS(self, tag: bytes, args: bytes) -> None:
+        self.send(tag + b" " + self.answer + b"\r\n")
+
+
+class BadStarttls(RefusesStarttls):
+    answer = b"BAD what"
+
+
+@pytest.mark.parametrize("session", [RefusesStarttls, BadStarttls], ids=["NO", "BAD"])
+def test_a_refused_starttls_is_said_in_the_servers_words(tmp_path: Path, session: type) -> None:
+    with RogueServer(session, lifetime=30) as server:
+        result = _run(
+            ["check", f"imap://{USER}@127.0.0.1:{server.port}"],
+            base_env(MIGRATOR_SOURCE_PASSWORD=SECRET),
+        )
+    stderr = result.stderr.decode()
+    assert result.returncode == 3, stderr
+    said = session.answer.decode()
+    assert f"the server refused STARTTLS ({said}), so the password would travel" in stderr, stderr
+    assert "b'" not in stderr and "connection lost" not in stderr
+    assert server.logins == 0

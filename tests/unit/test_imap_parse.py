@@ -261,3 +261,11 @@ def test_a_literal_larger_than_the_run_takes_is_refused_before_anything_is_read(
     with pytest.raises(_TooBig) as caught:
         _read_literal(imap, 20)
     assert not caught.value.single
+
+
+def test_an_imaplib_refusal_is_shown_in_the_servers_words():
+    from migrator.stores.imap import _text
+
+    said = "LOGIN command error: NO [b'[AUTHENTICATIONFAILED] Authentication failed.']"
+    assert _text(said) == "NO [AUTHENTICATIONFAILED] Authentication failed."
+    assert _text("STARTTLS command error: BAD [b'what']") == "BAD what"
