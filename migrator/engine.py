@@ -290,6 +290,8 @@ class _Owed:
     changed: dict[str, tuple[str, ...]]
     appended: int
     nbytes: int
+    #: Bytes of the messages copied, for the summary.
+    copied_bytes: int = 0
     written: bool = False
 
 
@@ -1022,7 +1024,9 @@ class Engine:
                 if owed is not None:  # a part with nothing to append: no 'pending' rows to join
                     self._settle(owed)
                 answers = Commit(src, validity, dst, done, failed, target.resume_point(dst), rate)
-                owed = _Owed(answers, stats, plan, changed, len(part), nbytes)
+                # What came, when a server sent more than it claimed (see _held).
+                copied = sum(max(ref.size, sizes[id(ref)]) for ref, _ in done)
+                owed = _Owed(answers, stats, plan, changed, len(part), nbytes, copied)
             return owed
         except BaseException:
             # Answers not yet in the journal (a part appended before the failure, or the
@@ -1045,7 +1049,7 @@ class Engine:
         stats = owed.stats
         with self._stats_lock:  # several writers may share a folder's stats
             stats.copied += len(done)
-            stats.bytes += sum(ref.size for ref, _ in done)
+            stats.bytes += owed.copied_bytes
             for ref, _ in done:
                 if ref.id in owed.changed:
                     stats.changed += 1

@@ -476,7 +476,7 @@ def test_sizes_that_lie_do_not_size_the_batches(tmp_path: Path) -> None:
         )
     print(f"\nlying sizes: exit {run.returncode}, {run.peak_mb:.0f} MB, {run.seconds:.1f}s")
     assert run.returncode == 0, run.stderr
-    assert "INBOX -> INBOX: 30 copied" in run.stderr, run.stderr
+    assert "INBOX -> INBOX: 30 copied, 0 skipped, 0 failed, 600.0 MB" in run.stderr, run.stderr
     assert len(list((tmp_path / "out").rglob("cur/*"))) == 30
     assert run.peak_mb < PEAK_MB
 
