@@ -518,7 +518,11 @@ class ImapStore(Source, Target):
                 if item is None:  # expunged meanwhile
                     continue
                 ref = self._ref(uid, item, keys)
-                yield replace(ref, id=gm[uid]) if gm is not None else ref
+                if gm is not None:
+                    if str(uid) in self._unusable:  # known by its X-GM-MSGID from here on
+                        self._unusable[gm[uid]] = self._unusable.pop(str(uid))
+                    ref = replace(ref, id=gm[uid])
+                yield ref
 
     def _fetch(
         self, uids: str, items: str, allowed: int = LARGEST_MESSAGE
@@ -614,6 +618,9 @@ class ImapStore(Source, Target):
                 with self._talk("UID FETCH"):
                     data = self._fetch(uid_set(uids.values()), "(BODY.PEEK[])", allowed)
             except StoreError:
+                for ref in batch:  # a message found too big is known by its id from here on
+                    if ref.id != (uid := str(uids[ref.id])) and uid in self._unusable:
+                        self._unusable[ref.id] = self._unusable.pop(uid)
                 # The messages that arrived whole before the connection broke are handed over
                 # before the error, so that each attempt moves what it could.
                 whole = complete_bodies(self._partial)
@@ -1039,6 +1046,10 @@ def _read_line(imap: Any) -> bytes:
     """One line, at most imaplib's _MAXLINE, read within _deadline() however slowly it comes."""
     limit: int = getattr(imaplib, "_MAXLINE", 1_000_000)
     file = imap.file
+    ahead = file.peek(1)
+    end = ahead.find(b"\n")
+    if 0 <= end < limit:  # the usual case: the whole line is in the buffer already
+        return file.read(end + 1)  # type: ignore[no-any-return]
     started = time.monotonic()
     parts: list[bytes] = []
     total = 0

@@ -231,8 +231,8 @@ def test_the_journal_never_stores_a_secret_a_server_put_in_a_refusal(tmp_path: P
 
 BAD_INPUT = {
     "300-character folder name": ({"x" * 300: [Message(1, message(10))]}, "File name too long"),
-    "RFC822.SIZE 10^30": ({"INBOX": [Message(3, message(3), claimed=10**30)]}, "impossible size"),
-    "RFC822.SIZE -5": ({"INBOX": [Message(3, message(3), claimed=-5)]}, "impossible size"),
+    "RFC822.SIZE 10^30": ({"INBOX": [Message(3, message(3), claimed=10**30)]}, "its size as 10000"),
+    "RFC822.SIZE -5": ({"INBOX": [Message(3, message(3), claimed=-5)]}, "its size as -5 bytes"),
     "keyword not UTF-8": (
         {"INBOX": [Message(3, message(3), flags=b"\\Seen caf\xe9")]},
         "is not UTF-8",
