@@ -304,6 +304,8 @@ class _Helpable:
     writers: int = 0
 
 
+#: Seconds an interrupted run waits for its workers to finish what they are doing.
+STOP_GRACE = 3.0
 #: The first append of a worker (it grows from there, see _Pace).
 FIRST_APPEND_BYTES = 256 * 1024
 #: Bytes a second assumed for a target whose rate was never measured (Engine._reconcile).
@@ -409,8 +411,11 @@ class Engine:
                     thread.join(0.2)
         except KeyboardInterrupt:
             self.stop.set()
+            # A worker blocked on a server that stalls is not waited for past STOP_GRACE: it is
+            # a daemon, and what it had not committed is not in the journal.
+            deadline = time.monotonic() + STOP_GRACE
             for thread in threads:
-                thread.join()
+                thread.join(max(0.0, deadline - time.monotonic()))
         if self._fatal is not None:
             raise self._fatal
         return RunSummary(
