@@ -144,6 +144,26 @@ class Commit:
     append_rate: float | None = None
 
 
+def _foreign_tables(db: sqlite3.Connection) -> str | None:
+    """None for an empty database or a migrator journal; else a few of the tables it holds, for
+    the message that refuses it (its tables are never added to another program's database)."""
+    tables = [
+        row[0]
+        for row in db.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")
+    ]
+    if not tables:
+        return None
+    if "meta" in tables:
+        try:
+            ours = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        except sqlite3.Error:
+            ours = None
+        if ours is not None:
+            return None
+    shown = ", ".join(tables[:3]) + (f" and {len(tables) - 3} more" if len(tables) > 3 else "")
+    return f"the tables {shown}"
+
+
 class Journal:
     """One journal per (source, target) pair; thread-safe (workers share it through a lock)."""
 
@@ -176,6 +196,13 @@ class Journal:
             ) from None
         try:
             db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            if (foreign := _foreign_tables(db)) is not None:
+                db.close()
+                os.close(lock_fd)
+                raise JournalError(
+                    f"{path} is an SQLite database but not a migrator journal (it holds "
+                    f"{foreign}); nothing was written to it: choose another file with --state"
+                )
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA busy_timeout=10000")
@@ -202,6 +229,8 @@ class Journal:
         return journal
 
     def _migrate(self) -> None:
+        if (foreign := _foreign_tables(self._db)) is not None:
+            raise JournalError(f"{self.path or 'the journal'} is not a migrator journal: {foreign}")
         self._db.executescript(_SCHEMA)
         row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         if row is None:

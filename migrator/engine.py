@@ -245,10 +245,11 @@ class _Share:
         self.pool = pool
         self.held = 0
 
-    def acquire(self, nbytes: int, *cancel: threading.Event) -> bool:
+    def acquire(self, nbytes: int, *cancel: threading.Event, besides: int = 0) -> bool:
+        """Wait for room for ``nbytes`` (or until no more than ``besides`` bytes are held)."""
         pool = self.pool
         with pool.cond:
-            while pool.used > 0 and pool.used + nbytes > pool.limit:
+            while pool.used > besides and pool.used + nbytes > pool.limit:
                 if any(event.is_set() for event in cancel):
                     return False
                 pool.cond.wait(0.2)
@@ -273,6 +274,12 @@ class _Share:
 _END = object()
 
 
+def _held(ref: MessageRef, data: bytes | MessageError) -> int:
+    """The bytes in flight a fetched message counts for: its claimed size, or what came when
+    that is more (see the reader in Engine._stream)."""
+    return max(ref.size, len(data)) if isinstance(data, bytes) else ref.size
+
+
 @dataclass
 class _Owed:
     """A part's answers from the target, not yet in the journal (see Engine._write_batch)."""
@@ -283,6 +290,8 @@ class _Owed:
     changed: dict[str, tuple[str, ...]]
     appended: int
     nbytes: int
+    #: Bytes of the messages copied, for the summary.
+    copied_bytes: int = 0
     written: bool = False
 
 
@@ -295,6 +304,8 @@ class _Helpable:
     writers: int = 0
 
 
+#: Seconds an interrupted run waits for its workers to finish what they are doing.
+STOP_GRACE = 3.0
 #: The first append of a worker (it grows from there, see _Pace).
 FIRST_APPEND_BYTES = 256 * 1024
 #: Bytes a second assumed for a target whose rate was never measured (Engine._reconcile).
@@ -400,8 +411,11 @@ class Engine:
                     thread.join(0.2)
         except KeyboardInterrupt:
             self.stop.set()
+            # A worker blocked on a server that stalls is not waited for past STOP_GRACE: it is
+            # a daemon, and what it had not committed is not in the journal.
+            deadline = time.monotonic() + STOP_GRACE
             for thread in threads:
-                thread.join()
+                thread.join(max(0.0, deadline - time.monotonic()))
         if self._fatal is not None:
             raise self._fatal
         return RunSummary(
@@ -460,14 +474,17 @@ class Engine:
         self, source: Source, target: Target, plan: FolderPlan, stats: FolderStats, pace: _Pace
     ) -> None:
         """Copy one folder, reconnecting after a lost connection. ``--retries`` counts the
-        reconnects in a row that moved nothing: an attempt that copied or listed something
-        starts the count (and the backoff) afresh, so a link that drops often but works in
-        between finishes the job, and one that is down gives up after that many tries."""
+        reconnects in a row that moved nothing: an attempt that copied something new into the
+        target, or listed more of the folder, starts the count (and the backoff) afresh, so a
+        link that drops often but works in between finishes the job, and one that is down gives
+        up after that many tries. A message that failed is not progress: a server that fails
+        one message and drops the connection at every attempt is given up on like a dead link
+        (and the stores' login gate, ratelimit.LOGINS, caps the logins a minute in any case)."""
         delay = self.options.retry_delay
         failures = throttled = 0
         listing = _Listing()
         while True:
-            before = (stats.copied, stats.failed, len(listing.refs))
+            before = (stats.copied, len(listing.refs))
             try:
                 source.connect()
                 target.connect()
@@ -502,7 +519,7 @@ class Engine:
                     if self.stop.wait(exc.retry_after):
                         raise _Stop() from None
                     continue
-                progressed = (stats.copied, stats.failed, len(listing.refs)) != before
+                progressed = (stats.copied, len(listing.refs)) != before
                 if progressed:
                     failures, delay = 0, self.options.retry_delay
                 failures += 1
@@ -757,9 +774,20 @@ class Engine:
                     if not share.acquire(held, abandon, self.stop):
                         return
                     self._throttle(chunk)
+                    claimed_left = held
                     for ref, data in source.fetch(plan.source.path, chunk):
                         if abandon.is_set() or self.stop.is_set():
                             return
+                        claimed_left -= ref.size
+                        if isinstance(data, bytes) and len(data) > ref.size:
+                            # More than the size claimed (a server may lie): the bytes in
+                            # flight count what came, so memory follows the bytes received.
+                            if batch:
+                                put(batch)
+                                batch, size = [], 0
+                            more = len(data) - ref.size
+                            if not share.acquire(more, abandon, self.stop, besides=claimed_left):
+                                return
                         batch.append((ref, data))
                         size += len(data) if isinstance(data, bytes) else 0
                         if size >= options.batch_bytes or len(batch) >= options.batch_count:
@@ -789,6 +817,10 @@ class Engine:
                 put(_END)
 
         errors: list[BaseException] = []
+        #: The reader's last word (its error, or _END) once gather() took it out of the queue:
+        #: put back, it would land behind the _END that follows an error, and the error (and
+        #: the messages it left unfetched) would be lost.
+        last: list[object] = []
 
         def gather(most: int) -> list[tuple[MessageRef, bytes | MessageError]]:
             """Up to ``most`` more batches that are already waiting, in order: one commit for
@@ -800,7 +832,7 @@ class Engine:
                 except queue.Empty:
                     break
                 if item is _END or isinstance(item, BaseException):
-                    batches.put_nowait(item)  # the reader's last word stays last
+                    last.append(item)  # the reader's last word stays last
                     break
                 more.extend(cast(list[tuple[MessageRef, bytes | MessageError]], item))
             return more
@@ -812,19 +844,25 @@ class Engine:
             try:
                 while not abandon.is_set():
                     try:
-                        item = batches.get(timeout=0.2) if owed is None else batches.get_nowait()
+                        if last:
+                            item = last[0]
+                        elif owed is None:
+                            item = batches.get(timeout=0.2)
+                        else:
+                            item = batches.get_nowait()
                     except queue.Empty:
                         if owed is not None:  # nothing waiting to share a transaction with
                             self._settle(owed)
                             owed = None
                         continue
                     if item is _END or isinstance(item, BaseException):
-                        batches.put_nowait(item)  # for the other writers; a slot was just freed
+                        if not last:  # for the other writers; a slot was just freed
+                            batches.put_nowait(item)
                         if isinstance(item, BaseException) and not errors:
                             errors.append(item)
                         return
                     item = item + gather(self._group - 1)  # type: ignore[operator]
-                    held = sum(ref.size for ref, _ in item)  # type: ignore[attr-defined]
+                    held = sum(_held(ref, data) for ref, data in item)  # type: ignore[attr-defined]
                     try:
                         owed = self._write_batch(into, plan, validity, item, stats, pace, owed)  # type: ignore[arg-type]
                     finally:
@@ -991,7 +1029,9 @@ class Engine:
                 if owed is not None:  # a part with nothing to append: no 'pending' rows to join
                     self._settle(owed)
                 answers = Commit(src, validity, dst, done, failed, target.resume_point(dst), rate)
-                owed = _Owed(answers, stats, plan, changed, len(part), nbytes)
+                # What came, when a server sent more than it claimed (see _held).
+                copied = sum(max(ref.size, sizes[id(ref)]) for ref, _ in done)
+                owed = _Owed(answers, stats, plan, changed, len(part), nbytes, copied)
             return owed
         except BaseException:
             # Answers not yet in the journal (a part appended before the failure, or the
@@ -1014,7 +1054,7 @@ class Engine:
         stats = owed.stats
         with self._stats_lock:  # several writers may share a folder's stats
             stats.copied += len(done)
-            stats.bytes += sum(ref.size for ref, _ in done)
+            stats.bytes += owed.copied_bytes
             for ref, _ in done:
                 if ref.id in owed.changed:
                     stats.changed += 1

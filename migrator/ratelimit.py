@@ -183,3 +183,48 @@ def is_size_refusal(text: str) -> bool:
     """True when a target's refusal says the message is too big ([TOOBIG], Dovecot's [LIMIT] ...
     size, "too large")."""
     return bool(_SIZE_REFUSAL.search(text))
+
+
+#: Logins one account may make in LOGIN_WINDOW seconds, whatever the retries say. Providers lock
+#: an account after a burst of logins (Gmail, Microsoft 365 and Dovecot's auth penalty react to
+#: a few dozen a minute); a normal run makes one per worker and side, a flaky link a few more a
+#: minute, so only a reconnect storm ever waits here.
+LOGINS_PER_WINDOW = 20
+LOGIN_WINDOW = 60.0
+
+
+class LoginGate:
+    """At most ``limit`` logins per account in any ``window`` seconds: ``wait(account)`` returns
+    once one more is allowed (sleeping in short steps, so an interrupt is noticed) and counts it.
+    Thread-safe; one gate for the whole process (``LOGINS``), shared by every store."""
+
+    def __init__(
+        self,
+        limit: int = LOGINS_PER_WINDOW,
+        window: float = LOGIN_WINDOW,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.limit, self.window = limit, window
+        self._clock, self._sleep = clock, sleep
+        self._lock = threading.Lock()
+        self._logins: dict[str, list[float]] = {}
+
+    def wait(self, account: str) -> float:
+        """Block until ``account`` may log in again; the seconds waited."""
+        waited = 0.0
+        while True:
+            with self._lock:
+                now = self._clock()
+                recent = [t for t in self._logins.get(account, []) if now - t < self.window]
+                if len(recent) < self.limit:
+                    recent.append(now)
+                    self._logins[account] = recent
+                    return waited
+                pause = recent[0] + self.window - now
+            step = min(pause, 0.5)
+            self._sleep(step)
+            waited += step
+
+
+LOGINS = LoginGate()

@@ -33,6 +33,8 @@ MASK = "***"
 _lock = threading.Lock()
 _whole: set[str] = set()  # every form, replaced wherever it occurs
 _pieces: set[str] = set()  # every PIECE-long slice of the forms that are the secret alone
+#: What scrub() reads: the forms longest first, and the pieces (replaced whole on each change).
+_current: tuple[tuple[str, ...], frozenset[str]] = ((), frozenset())
 _REPR_LIST = re.compile(r"""\[((?:b'(?:[^'\\]|\\.)*'|b"(?:[^"\\]|\\.)*")(?:, )?)+\]""")
 _REPR = re.compile(r"""b'(?:[^'\\]|\\.)*'|b"(?:[^"\\]|\\.)*\"""")
 
@@ -74,25 +76,29 @@ def remember(secret: str, user: str = "", host: str = "", port: int = 0) -> None
         alone += [_b64(blob) for blob in blobs]
     forms = {f for f in [*alone, *blobs] if len(f) >= SHORTEST}
     pieces = {f[i : i + PIECE] for f in alone if len(f) >= PIECE for i in range(len(f) - PIECE + 1)}
+    global _current
     with _lock:
+        if forms <= _whole and pieces <= _pieces:
+            return
         _whole.update(forms)
         _pieces.update(pieces)
+        _current = (tuple(sorted(_whole, key=len, reverse=True)), frozenset(_pieces))
 
 
 def forget_all() -> None:
     """For tests: start with nothing remembered."""
+    global _current
     with _lock:
         _whole.clear()
         _pieces.clear()
+        _current = ((), frozenset())
 
 
 def scrub(text: str) -> str:
     """``text`` with every remembered secret form, and every piece of one, replaced by ***."""
-    if not _whole or not text:
+    whole, pieces = _current
+    if not whole or not text:
         return text
-    with _lock:
-        whole = sorted(_whole, key=len, reverse=True)
-        pieces = frozenset(_pieces)
     for form in whole:
         if form in text:
             text = text.replace(form, MASK)

@@ -16,6 +16,15 @@ from typing import Self
 from migrator.errors import MessageError
 from migrator.model import Folder, FolderPath, FolderState, MessageRef
 
+#: The largest message a network store copies (256 MiB; the big providers stop at 25-150 MB):
+#: a size claimed or announced above it fails that message, and nothing of that size is ever
+#: allocated, whatever a server says.
+LARGEST_MESSAGE = 256 * 1024 * 1024
+#: Each --timeout seconds of a response must bring at least this much of it, so that a server
+#: that trickles a line or a message a byte at a time cannot hold a read for longer than
+#: ``timeout * (1 + size / MIN_BYTES_PER_TIMEOUT)``.
+MIN_BYTES_PER_TIMEOUT = 1024 * 1024
+
 
 @dataclass(frozen=True)
 class AppendResult:

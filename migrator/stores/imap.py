@@ -14,6 +14,8 @@ import logging
 import re
 import socket
 import ssl
+import threading
+import time
 from collections.abc import Container, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
@@ -40,9 +42,16 @@ from migrator.model import (
     to_crlf,
 )
 from migrator.oauth import sasl_initial
-from migrator.ratelimit import parse_backoff
+from migrator.ratelimit import LOGINS, parse_backoff
 from migrator.scrub import ScrubFilter, remember, server_text
-from migrator.stores.base import AppendResult, ServerAccess, Source, Target
+from migrator.stores.base import (
+    LARGEST_MESSAGE,
+    MIN_BYTES_PER_TIMEOUT,
+    AppendResult,
+    ServerAccess,
+    Source,
+    Target,
+)
 
 #: Where imapclient sends imaplib's protocol lines.
 _PROTOCOL_LOG = logging.getLogger("imapclient.imaplib")
@@ -62,6 +71,16 @@ META_BATCH_MIN = 100
 #: Body FETCH / APPEND batch limits: bytes in flight per batch, and messages per command.
 BODY_BATCH_BYTES = 2 * 1024 * 1024
 BODY_BATCH_COUNT = 400
+#: A body FETCH may bring this much more than the messages' RFC822.SIZE claimed (beyond twice
+#: the claim) before the claims are taken for lies: the connection is dropped, what came whole
+#: is kept, and from then on each message is fetched on its own.
+FETCH_SLACK = 4 * 1024 * 1024
+#: Untagged responses of one kind kept for one command (a LIST of 100,000 folders fits, a
+#: metadata FETCH has 2 per message of META_BATCH); a
+#: server that sends more (an endless "* OK" stream) loses the connection.
+MAX_UNTAGGED = 100_000
+#: Longest wait for the answer to LOGOUT when closing.
+CLOSE_GRACE = 3.0
 
 
 def uid_set(uids: Iterable[int]) -> str:
@@ -115,8 +134,9 @@ def batches_by_size(
         yield batch
 
 
-#: imaplib's wording of a refusal: "LOGIN command error: NO [b'text']".
-_IMAPLIB_REFUSAL = re.compile(r"\w+ command error: (\w+) \[(.*)\]", re.DOTALL)
+#: imaplib's wording of a refusal, "LOGIN command error: NO [b'text']", once server_text has
+#: decoded the list of bytes in it.
+_IMAPLIB_REFUSAL = re.compile(r"\w+ command error: (\w+) (.*)", re.DOTALL)
 
 
 def _text(data: Any) -> str:
@@ -160,6 +180,13 @@ class ImapStore(Source, Target):
         self._meta_batch = META_BATCH
         self.delimiter: str | None = None
         self.max_message_size: int | None = None
+        #: Source id -> why the message cannot be copied, learnt while listing (a size or a
+        #: keyword no journal or target can hold); fetch() fails these messages with the reason.
+        self._unusable: dict[str, str] = {}
+        #: The untagged FETCH answers read before a connection broke mid-FETCH.
+        self._partial: list[Any] = []
+        #: The server sent more than its RFC822.SIZEs claimed: fetch one message at a time.
+        self._sizes_lie = False
         #: Filled at connect, for `check` and the report.
         self.greeting = ""
         self.tls_version: str | None = None
@@ -170,6 +197,7 @@ class ImapStore(Source, Target):
         if self._client is not None:
             return
         a = self.access
+        LOGINS.wait(f"{a.user}@{a.host}:{a.port}")
         try:
             client = IMAPClient(
                 a.host,
@@ -198,6 +226,7 @@ class ImapStore(Source, Target):
         # message bodies included, whether or not anything is logged: a copy of each body in CPU
         # time and memory. Level 4 (command and response lines, no literals) serves --debug.
         client._imap.debug = 4 if _PROTOCOL_LOG.isEnabledFor(logging.DEBUG) else 0
+        _harden(client._imap, a.timeout)
         try:
             self.greeting = _text(client.welcome)
             if a.tls == "starttls":
@@ -206,13 +235,36 @@ class ImapStore(Source, Target):
                         f"{self.label}: the server does not offer STARTTLS; use imaps:// or, "
                         "on a trusted network only, ?tls=none"
                     )
+                answers: list[tuple[str, Any]] = []
+                imap = client._imap
+                simple_command = imap._simple_command
+
+                def answered(*args: Any) -> tuple[str, Any]:
+                    # imaplib drops the server's words when STARTTLS is refused with NO.
+                    answers.append(simple_command(*args))
+                    return answers[-1]
+
+                imap._simple_command = answered
                 try:
                     client.starttls(a.ssl_context)
+                except (imaplib.IMAP4.error, IMAPClientError) as exc:
+                    if isinstance(exc, imaplib.IMAP4.abort):
+                        raise
+                    said = _text(str(exc))
+                    if answers and answers[-1][0] != "OK":
+                        said = f"{answers[-1][0]} {_text(answers[-1][1])}"
+                    raise ConnectError(
+                        f"{self.label}: the server refused STARTTLS ({said}), so the password "
+                        "would travel in plaintext; use imaps:// or, on a trusted network only, "
+                        "?tls=none"
+                    ) from None
                 except ssl.SSLCertVerificationError as exc:
                     raise ConnectError(
                         f"{self.label}: the server's certificate is not trusted "
                         f"({exc.verify_message}); use --source-ca-file/--target-ca-file"
                     ) from None
+                finally:
+                    del imap._simple_command  # the class's own again
             sock = client.socket()
             if isinstance(sock, ssl.SSLSocket):
                 self.tls_version = sock.version()
@@ -466,16 +518,38 @@ class ImapStore(Source, Target):
                 if item is None:  # expunged meanwhile
                     continue
                 ref = self._ref(uid, item, keys)
-                yield replace(ref, id=gm[uid]) if gm is not None else ref
+                if gm is not None:
+                    if str(uid) in self._unusable:  # known by its X-GM-MSGID from here on
+                        self._unusable[gm[uid]] = self._unusable.pop(str(uid))
+                    ref = replace(ref, id=gm[uid])
+                yield ref
 
-    def _fetch(self, uids: str, items: str) -> dict[int, dict[bytes, Any]]:
+    def _fetch(
+        self, uids: str, items: str, allowed: int = LARGEST_MESSAGE
+    ) -> dict[int, dict[bytes, Any]]:
         """UID FETCH with a compact UID set (imapclient's own fetch lists every UID, and long
-        command lines are refused by some servers)."""
+        command lines are refused by some servers). ``allowed``: the literal bytes the answer
+        may bring in all (see FETCH_SLACK)."""
         imap = self._c._imap
         tag = imap._command("UID", "FETCH", uids, items)
-        if imap.debug == 0:  # with --debug, imaplib logs each line itself
-            read_fetch_answers(imap, tag)
-        typ, data = imap._command_complete("FETCH", tag)
+        imap._migrator_allowed = allowed  # type: ignore[union-attr]
+        try:
+            if imap.debug == 0:  # with --debug, imaplib logs each line itself
+                read_fetch_answers(imap, tag)
+            typ, data = imap._command_complete("FETCH", tag)
+        except (imaplib.IMAP4.abort, OSError, EOFError) as exc:
+            # What came whole before the connection broke (a BYE mid-FETCH): fetch() keeps it.
+            self._partial = imap.untagged_responses.pop("FETCH", None) or []
+            if isinstance(exc, _TooBig):
+                if exc.single and exc.uid is not None:
+                    self._unusable[exc.uid] = str(exc)
+                elif exc.single and "," not in uids and ":" not in uids:
+                    self._unusable[uids] = str(exc)
+                else:
+                    self._sizes_lie = True
+            raise
+        finally:
+            imap._migrator_allowed = None  # type: ignore[union-attr]
         if typ != "OK":
             raise self._refused("FETCH", _text(data))
         typ, data = imap._untagged_response(typ, data, "FETCH")
@@ -485,11 +559,25 @@ class ImapStore(Source, Target):
         return parse_fetch_response(data, False, True)  # type: ignore[no-any-return]
 
     def _ref(self, uid: int, item: dict[bytes, Any], keys: bool = True) -> MessageRef:
-        size = int(item.get(b"RFC822.SIZE", 0))
+        size = item.get(b"RFC822.SIZE", 0)
         raw = item.get(b"FLAGS", ())
+        if not isinstance(size, int) or not 0 <= size <= LARGEST_MESSAGE:
+            # Kept out of the journal and the batch sizes; fetch() fails the message.
+            self._unusable[str(uid)] = (
+                f"the server gave its size as {_text(str(size))[:40]} bytes (migrator copies "
+                f"messages of up to {LARGEST_MESSAGE >> 20} MiB)"
+            )
+            size = 0
         flags = self._flag_sets.get(raw)
         if flags is None:
-            kept = frozenset(f.decode() if isinstance(f, bytes) else str(f) for f in raw)
+            try:
+                kept = frozenset(f.decode() if isinstance(f, bytes) else str(f) for f in raw)
+            except UnicodeDecodeError:
+                bad = next(f for f in raw if isinstance(f, bytes) and not _is_utf8(f))
+                self._unusable[str(uid)] = (
+                    f"its keyword {_text(bad)!r} is not UTF-8, which no target can store as it is"
+                )
+                raw, kept = (), frozenset()
             kept -= UNCOPIED_FLAGS
             # One frozenset per distinct set of flags: a listing has a handful, not one each.
             flags = self._flag_sets.setdefault(kept, kept)
@@ -515,11 +603,32 @@ class ImapStore(Source, Target):
     def fetch(
         self, path: FolderPath, refs: Sequence[MessageRef]
     ) -> Iterator[tuple[MessageRef, bytes | MessageError]]:
-        for batch in batches_by_size(refs, BODY_BATCH_BYTES, BODY_BATCH_COUNT):
+        for ref in refs:
+            if ref.id in self._unusable:
+                yield ref, MessageError(self._unusable[ref.id])
+        refs = [ref for ref in refs if ref.id not in self._unusable]
+        count = 1 if self._sizes_lie else BODY_BATCH_COUNT
+        for batch in batches_by_size(refs, BODY_BATCH_BYTES, count):
             self._ensure_selected(path, readonly=not self.restore_seen)
             uids = {r.id: self._uid(path, r.id) for r in batch}
-            with self._talk("UID FETCH"):
-                data = self._fetch(uid_set(uids.values()), "(BODY.PEEK[])")
+            self._partial = []
+            claimed = sum(r.size for r in batch)
+            allowed = LARGEST_MESSAGE if len(batch) == 1 else 2 * claimed + FETCH_SLACK
+            try:
+                with self._talk("UID FETCH"):
+                    data = self._fetch(uid_set(uids.values()), "(BODY.PEEK[])", allowed)
+            except StoreError:
+                for ref in batch:  # a message found too big is known by its id from here on
+                    if ref.id != (uid := str(uids[ref.id])) and uid in self._unusable:
+                        self._unusable[ref.id] = self._unusable.pop(uid)
+                # The messages that arrived whole before the connection broke are handed over
+                # before the error, so that each attempt moves what it could.
+                whole = complete_bodies(self._partial)
+                self._partial = []
+                for ref in batch:
+                    if (body := whole.get(uids[ref.id])) is not None:
+                        yield ref, body
+                raise
             unseen = [uids[r.id] for r in batch if "\\Seen" not in r.flags]
             if self.restore_seen and unseen:
                 with self._talk("UID STORE -FLAGS (\\Seen)"):
@@ -635,6 +744,14 @@ class ImapStore(Source, Target):
         return results
 
 
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 @lru_cache(maxsize=64)
 def _zone(offset: timedelta) -> timezone:
     return timezone(offset)
@@ -731,9 +848,8 @@ def read_fetch_answers(imap: imaplib.IMAP4, tag: Any) -> None:
         file.read(end + 2)
         data, size = line[1] + b" " + line[2], line[3]
         while size is not None:
-            literal = file.read(int(size))
-            if len(literal) != int(size):
-                raise imap.abort("socket error: EOF")
+            uid = _UID_IN.search(data)
+            literal = _read_literal(imap, int(size), uid[1].decode() if uid else None)
             imap._append_untagged("FETCH", (data, literal))
             data = imap._get_line()  # the rest of the response, maybe ending in another literal
             more = _LITERAL_END.search(data)
@@ -764,6 +880,19 @@ def parse_bodies(data: Sequence[Any]) -> dict[int, dict[bytes, Any]] | None:
         found[int(head[2])] = {b"SEQ": int(head[1]), b"BODY[]": part[1]}
         closing = True
     return None if closing else found
+
+
+def complete_bodies(data: Sequence[Any]) -> dict[int, bytes]:
+    """UID -> body of the ``* N FETCH (UID U BODY[] {size}`` answers that arrived whole (their
+    closing parenthesis read) before a FETCH broke off; anything else is left out."""
+    found: dict[int, bytes] = {}
+    for part, after in zip(data, [*data[1:], None], strict=False):
+        if not isinstance(part, tuple) or len(part) != 2 or after != b")":
+            continue
+        head = _BODY_HEAD.fullmatch(part[0])
+        if head is not None and isinstance(part[1], bytes):
+            found[int(head[2])] = part[1]
+    return found
 
 
 def _internaldate(text: bytes) -> datetime | None:
@@ -841,8 +970,124 @@ def _login(client: IMAPClient, access: ServerAccess) -> None:
 
 
 def _quietly_close(client: IMAPClient) -> None:
+    """LOGOUT, waiting for its answer at most CLOSE_GRACE seconds (a server that keeps talking
+    or trickles cannot hold the run: the socket is shut down under the read)."""
+    watchdog = threading.Timer(CLOSE_GRACE, _shutdown, (client,))
+    watchdog.daemon = True
+    watchdog.start()
     try:
         client.logout()
     except Exception:
-        with contextlib.suppress(Exception):
-            client.shutdown()
+        _shutdown(client)
+    finally:
+        watchdog.cancel()
+
+
+def _shutdown(client: IMAPClient) -> None:
+    with contextlib.suppress(Exception):
+        client.socket().shutdown(socket.SHUT_RDWR)
+    with contextlib.suppress(Exception):
+        client.shutdown()
+
+
+# -- bounds on what a server can make us hold or wait for (issue 19) ---------------------------
+
+
+class _TooBig(imaplib.IMAP4.abort):
+    """A literal larger than the run takes: the connection is dropped before anything of that
+    size is allocated. ``single``: the one message alone is too big (it fails); otherwise the
+    FETCH brought more than its messages' sizes claimed."""
+
+    def __init__(self, text: str, uid: str | None, single: bool) -> None:
+        super().__init__(text)
+        self.uid = uid
+        self.single = single
+
+
+_UID_IN = re.compile(rb"UID (\d+)")
+
+
+def _deadline(imap: Any, size: int) -> float:
+    timeout: float = getattr(imap, "_migrator_timeout", 60.0)
+    return time.monotonic() + timeout * (1 + size / MIN_BYTES_PER_TIMEOUT)
+
+
+def _read_literal(imap: Any, size: int, uid: str | None = None) -> bytes:
+    """``size`` bytes of a literal, refused before any allocation when larger than the run takes
+    (LARGEST_MESSAGE, or what is left of the FETCH's allowance), and read within
+    _deadline(size) however the server spaces them."""
+    allowed: int | None = getattr(imap, "_migrator_allowed", None)
+    if size > LARGEST_MESSAGE or (allowed is not None and size > allowed):
+        single = size > LARGEST_MESSAGE
+        what = (
+            f"more than the largest message migrator copies ({LARGEST_MESSAGE >> 20} MiB)"
+            if single
+            else "more than the messages' sizes claimed"
+        )
+        raise _TooBig(f"the server announced a message of {size} bytes, {what}", uid, single)
+    if allowed is not None:
+        imap._migrator_allowed = allowed - size
+    deadline = _deadline(imap, size)
+    file = imap.file
+    parts: list[bytes] = []
+    remaining = size
+    while remaining:
+        chunk = file.read1(min(remaining, 1 << 20))
+        if not chunk:
+            raise imap.abort("socket error: EOF")
+        parts.append(chunk)
+        remaining -= len(chunk)
+        if remaining and time.monotonic() > deadline:
+            raise imap.abort(f"the server sent {size - remaining} of {size} bytes too slowly")
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _read_line(imap: Any) -> bytes:
+    """One line, at most imaplib's _MAXLINE, read within _deadline() however slowly it comes."""
+    limit: int = getattr(imaplib, "_MAXLINE", 1_000_000)
+    file = imap.file
+    ahead = file.peek(1)
+    end = ahead.find(b"\n")
+    if 0 <= end < limit:  # the usual case: the whole line is in the buffer already
+        return file.read(end + 1)  # type: ignore[no-any-return]
+    started = time.monotonic()
+    parts: list[bytes] = []
+    total = 0
+    while True:
+        ahead = file.peek(1)
+        if not ahead:
+            break
+        end = ahead.find(b"\n")
+        take = len(ahead) if end < 0 else end + 1
+        parts.append(file.read(min(take, limit + 1 - total)))
+        total += len(parts[-1])
+        if end >= 0 or total > limit:
+            break
+        if time.monotonic() > started + getattr(imap, "_migrator_timeout", 60.0) * (
+            1 + total / MIN_BYTES_PER_TIMEOUT
+        ):
+            raise imap.abort("the server sent a line too slowly")
+    if total > limit:
+        raise imap.abort(f"the server sent a line longer than {limit} bytes")
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _harden(imap: Any, timeout: float | None) -> None:
+    """Bound what this imaplib connection holds and waits for, whatever the server sends: its
+    literals (_read_literal), its lines (_read_line), and the untagged responses kept for one
+    command (MAX_UNTAGGED). Installed on the instance; imaplib's own reads go through it."""
+    imap._migrator_timeout = timeout or 60.0
+    imap._migrator_allowed = None  # literal bytes a body FETCH may still bring (see _fetch)
+    imap.read = lambda size: _read_literal(imap, size)
+    imap.readline = lambda: _read_line(imap)
+    append = imap._append_untagged
+
+    def bounded_append(typ: str, dat: Any) -> None:
+        kept = imap.untagged_responses.get(typ)
+        if kept is not None and len(kept) >= MAX_UNTAGGED:
+            raise imap.abort(
+                f"the server sent more than {MAX_UNTAGGED} untagged {typ} responses to one command"
+            )
+        append(typ, dat)
+
+    imap._append_untagged = bounded_append

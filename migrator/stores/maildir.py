@@ -331,7 +331,9 @@ class MaildirStore(Source, Target):
                 os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, FILE_MODE))
                 fsync_dir(folder)
         except OSError as exc:
-            raise FolderError(f"{self.label}: cannot create {folder}: {os_reason(exc)}") from None
+            # The directory or file that could not be made (the folder itself may exist).
+            where = exc.filename or folder
+            raise FolderError(f"{self.label}: cannot create {where}: {os_reason(exc)}") from None
 
     def index(self, path: FolderPath) -> Iterable[str]:
         folder = self._dir(path)

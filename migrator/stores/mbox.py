@@ -50,6 +50,7 @@ the promise that nothing archived is ever rewritten and race with mail clients r
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import hashlib
 import json
@@ -107,6 +108,7 @@ _FIELD = re.compile(rb"((?:x-migrator-kept-)*)(" + _BOOKKEEPING + rb")[ \t]*:", 
 _ANY_FIELD = re.compile(rb"\n" + _FIELD.pattern, re.IGNORECASE)
 _QUOTE = re.compile(rb"^(>*From )", re.MULTILINE)
 _UNQUOTE = re.compile(rb"^>(>*From )", re.MULTILINE)
+_HEADER_END = re.compile(rb"\n(?=\r?\n|\r\Z)")
 _CONTENT_LENGTH = re.compile(rb"content-length[ \t]*:[ \t]*(\d{1,15})[ \t]*\r?\n", re.IGNORECASE)
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
@@ -207,12 +209,17 @@ def _split_header(data: bytes) -> tuple[bytes, bytes]:
     """(header lines, the rest from the empty line on); the rest is empty when there is no empty
     line, and the header is empty when the message starts with one. A last line holding only a
     bare CR counts as the empty line too: the newline the record adds after it would make one."""
-    if data.startswith((b"\n", b"\r\n")):
-        return b"", data
-    match = re.search(rb"\n(?=\r?\n|\r\Z)", data)
-    if match is None:
-        return data, b""
-    return data[: match.end()], data[match.end() :]
+    end = _header_end(data)
+    return data[:end], data[end:]
+
+
+def _header_end(data: bytes, start: int = 0) -> int:
+    """Where _split_header splits ``data[start:]`` (an index into ``data``), without a copy of
+    the rest (a message may be 50 MB)."""
+    if data.startswith((b"\n", b"\r\n"), start):
+        return start
+    match = _HEADER_END.search(data, start)
+    return len(data) if match is None else match.end()
 
 
 def keywords_of(flags: Iterable[str]) -> list[str]:
@@ -328,7 +335,10 @@ class Decoded:
 
 def _strip_bookkeeping(data: bytes) -> tuple[bytes, dict[bytes, list[bytes]]]:
     """Remove the bookkeeping fields from the header, restore the ones the writer renamed."""
-    header, rest = _split_header(data)
+    cut = _header_end(data)
+    header = data[:cut]
+    if _ANY_FIELD.search(b"\n" + header) is None:
+        return data, {}  # nothing to remove or restore: no copy of the message
     kept: list[bytes] = []
     found: dict[bytes, list[bytes]] = {}
     current: list[bytes] | None = None
@@ -345,7 +355,7 @@ def _strip_bookkeeping(data: bytes) -> tuple[bytes, dict[bytes, list[bytes]]]:
                 continue
             line = line[len(KEPT_PREFIX) :]
         kept.append(line)
-    return b"".join(kept) + rest, found
+    return b"".join([*kept, memoryview(data)[cut:]]), found
 
 
 def _mozilla_flags(header: bytes) -> tuple[set[str], bool] | None:
@@ -369,30 +379,39 @@ def _mozilla_flags(header: bytes) -> tuple[set[str], bool] | None:
 
 def decode_record(record: bytes) -> Decoded:
     """Turn one record (From_ line included) back into the message and its flags."""
-    newline = record.find(b"\n")
-    from_line, raw = record[: newline + 1], record[newline + 1 :]
+    # The message ("raw") is record[start:], read in place: a large message is not copied
+    # more than once on its way to ``content``.
+    start = record.find(b"\n") + 1
+    from_line, size = record[:start], len(record) - start
+    ends_with_newline = size > 0 and record.endswith(b"\n")
     error = None
-    if not raw.endswith(b"\n"):
+    if not ends_with_newline:
         error = (
             "the last message of the file is cut off (the file ends in the middle of a line); "
             "add a newline at the end of the file to copy it as it is"
         )
-    header, _ = _split_header(raw)
-    body_start = len(header) + (2 if raw[len(header) : len(header) + 2] == b"\r\n" else 1)
+    header_end = _header_end(record, start)
+    header = record[start:header_end]
+    body_start = len(header) + (2 if record[header_end : header_end + 2] == b"\r\n" else 1)
     length = None
     for line in _lines(header):
         if match := _CONTENT_LENGTH.fullmatch(line):
             length = int(match[1])
             break
-    if length is not None and body_start + length in (len(raw) - 1, len(raw)):
+    if length is not None and body_start + length in (size - 1, size):
         # Written by Dovecot (mboxcl2): Content-Length marks the end, nothing is quoted.
-        body = raw[: body_start + length]
+        body = record[start : start + body_start + length]
     else:
-        end = len(raw)
-        if raw.endswith(b"\n"):
-            end -= 2 if from_line.endswith(b"\r\n") and raw.endswith(b"\r\n") else 1
-        body = unquote(raw[:end])
+        end = size
+        if ends_with_newline:
+            crlf = from_line.endswith(b"\r\n") and size >= 2 and record.endswith(b"\r\n")
+            end -= 2 if crlf else 1
+        quoted = _UNQUOTE.search(record, start, start + end)
+        body = record[start : start + end]
+        if quoted:
+            body = unquote(body)
     content, fields = _strip_bookkeeping(body)
+    del body
     flags: set[str] = set()
     expunged = False
     if b"status" in fields or b"x-status" in fields:
@@ -436,7 +455,6 @@ def iter_records(
         size = min(size, end)
     offset = 0
     start = -1
-    parts: list[bytes] = []
     in_header = False
     length: int | None = None
     protected_until = -1
@@ -445,13 +463,12 @@ def iter_records(
             break
         if line[:5] == b"From " and offset >= protected_until and is_from_line(line):
             if start >= 0:
-                yield start, b"".join(parts)
-            start, parts, in_header, length = offset, [line], True, None
+                yield start, _read_record(fd, start, offset)
+            start, in_header, length = offset, True, None
         elif start < 0:
             if line.strip():
                 raise NotMboxError()
         else:
-            parts.append(line)
             if in_header:
                 if line in (b"\n", b"\r\n"):
                     in_header = False
@@ -463,7 +480,16 @@ def iter_records(
                     length = int(match[1])
         offset += len(line)
     if start >= 0:
-        yield start, b"".join(parts)
+        yield start, _read_record(fd, start, offset)
+
+
+def _read_record(fd: int, start: int, end: int) -> bytes:
+    """The bytes of a record, read whole from the file once its end is known (a list of its
+    lines would take half as much memory again as the message)."""
+    record = os.pread(fd, end - start, start)
+    if len(record) != end - start:
+        raise OSError(errno.EIO, "the file was cut short while it was read")
+    return record
 
 
 def _length_fits(fd: int, end: int, size: int) -> bool:
@@ -611,6 +637,14 @@ class MboxStore(Source, Target):
                     f"{self.label}: folder name level {level!r} cannot be a file name here"
                 )
         ours = self.path.joinpath(*path[:-1], path[-1] + SUFFIX)
+        try:
+            return self._existing_file(path, ours)
+        except OSError as exc:  # a name longer than the file system holds (ENAMETOOLONG), ...
+            raise FolderError(
+                f"{self.label}: no file here can hold this folder: {os_reason(exc)}"
+            ) from None
+
+    def _existing_file(self, path: FolderPath, ours: Path) -> Path:
         if ours.exists():
             return ours
         for candidate in (

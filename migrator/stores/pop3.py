@@ -31,8 +31,9 @@ from typing import cast
 from migrator.errors import ConnectError, FolderError, MessageError, StoreError
 from migrator.model import INBOX, Folder, FolderPath, FolderState, MessageRef, message_key
 from migrator.oauth import sasl_initial
+from migrator.ratelimit import LOGINS
 from migrator.scrub import remember, server_text
-from migrator.stores.base import ServerAccess, Source
+from migrator.stores.base import LARGEST_MESSAGE, MIN_BYTES_PER_TIMEOUT, ServerAccess, Source
 
 #: Longest line accepted from the server; far above RFC 5322's 998 because real mail breaks it.
 MAX_LINE = 64 * 1024 * 1024
@@ -217,6 +218,11 @@ class _Dropped(Exception):
     """The connection broke: EOF, reset, timeout, TLS failure mid-session."""
 
 
+class _TooLong(_Dropped):
+    """A multi-line answer longer than allowed (a RETR past its LIST size): the rest is not read,
+    so the connection is out of step and must be dropped."""
+
+
 class _Refused(Exception):
     """The server answered -ERR; the text is its reason."""
 
@@ -228,8 +234,9 @@ class _Refused(Exception):
 class _Wire:
     """Raw POP3 on a poplib connection: commands out, status lines and multi-line answers in."""
 
-    def __init__(self, conn: poplib.POP3) -> None:
+    def __init__(self, conn: poplib.POP3, timeout: float = 60.0) -> None:
         self.conn = conn
+        self.timeout = timeout
 
     def send(self, *commands: str) -> None:
         data = b"".join(c.encode("utf-8") + b"\r\n" for c in commands)
@@ -261,13 +268,17 @@ class _Wire:
             return line
         raise _Refused(line.decode("utf-8", "replace"))
 
-    def body(self) -> bytes:
+    def body(self, limit: int = LARGEST_MESSAGE) -> bytes:
         """The lines of a multi-line answer after its +OK, up to the terminating ".", read a
         buffer at a time rather than a line at a time (a 20 MB attachment is 300,000 lines):
-        only the answer is consumed, the pipelined ones behind it stay in the buffer."""
+        only the answer is consumed, the pipelined ones behind it stay in the buffer. More than
+        ``limit`` bytes, or slower than MIN_BYTES_PER_TIMEOUT a --timeout: _TooLong/_Dropped,
+        with nothing more read or held."""
         file = cast(io.BufferedReader, self.conn.file)  # poplib's makefile('rb')
         pieces: list[bytes] = []
         tail = b"\n"  # the answer starts at a line start
+        total = 0
+        started = time.monotonic()
         try:
             while True:
                 ahead = file.peek(1)
@@ -278,8 +289,13 @@ class _Wire:
                 if end is not None:
                     pieces.append(file.read(end.end() - len(tail)))
                     break
+                if total + len(ahead) > limit:
+                    raise _TooLong(f"the server sent more than {limit} bytes for one answer")
                 pieces.append(file.read(len(ahead)))
+                total += len(ahead)
                 tail = window[-3:]
+                if time.monotonic() > started + self.timeout * (1 + total / MIN_BYTES_PER_TIMEOUT):
+                    raise _Dropped(f"the server sent {total} bytes of an answer too slowly")
         except OSError as exc:
             raise _Dropped(_describe(exc)) from None
         raw = b"".join(pieces)
@@ -302,6 +318,12 @@ class _Wire:
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.conn.close()
+
+
+def retr_limit(listed: int) -> int:
+    """The most a RETR may bring for a message whose LIST size is ``listed``: twice that and
+    64 kB (servers count line ends and dot-stuffing differently), never above LARGEST_MESSAGE."""
+    return min(LARGEST_MESSAGE, 2 * max(listed, 0) + 64 * 1024)
 
 
 def _describe(exc: BaseException) -> str:
@@ -428,7 +450,9 @@ class Pop3Store(Source):
     def _open(self) -> _Session:
         """Connect, secure, log in and number the messages. _Dropped for network failures,
         ConnectError for anything the user must fix."""
-        wire = _Wire(self._dial())
+        a = self.access
+        LOGINS.wait(f"{a.user}@{a.host}:{a.port}")
+        wire = _Wire(self._dial(), a.timeout or 60.0)
         try:
             caps = self._capa(wire)
             if self.access.tls == "starttls":
@@ -718,9 +742,16 @@ class Pop3Store(Source):
                         session.outstanding -= 1
                         try:
                             session.wire.status()
-                            result = session.wire.body()
+                            result = session.wire.body(retr_limit(session.sizes.get(number, 0)))
                         except _Refused as exc:
                             result = MessageError(f"the server refused RETR: {_scrub(exc.text)}")
+                        except _TooLong:
+                            listed = session.sizes.get(number, 0)
+                            result = MessageError(
+                                f"the server sent more than {retr_limit(listed)} bytes for a "
+                                f"message its LIST gave as {listed}; the rest was not read"
+                            )
+                            self._drop()  # out of step: the next message starts afresh
                 except _Dropped as exc:
                     session = None
                     self._retrying(str(exc))

@@ -128,3 +128,26 @@ def test_batches_larger_than_one_statement(tmp_path):
     assert sorted(j.undeleted(SRC, "7"), key=int) == ids[350:400] + [
         str(n) for n in range(1001, 1201)
     ]
+
+
+def test_a_database_of_another_program_is_refused_and_left_as_it_was(tmp_path):
+    import hashlib
+    import sqlite3
+
+    other = tmp_path / "places.sqlite"
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE moz_places (id INTEGER PRIMARY KEY, url TEXT)")
+        db.execute("INSERT INTO moz_places(url) VALUES ('https://example.org')")
+    db.close()
+    before = hashlib.sha256(other.read_bytes()).hexdigest()
+    with pytest.raises(JournalError, match=r"not a migrator journal \(it holds the tables moz_pl"):
+        Journal.open(other)
+    with pytest.raises(JournalError, match="not a migrator journal"):
+        Journal.in_memory(copy_of=other)
+    assert hashlib.sha256(other.read_bytes()).hexdigest() == before
+    assert not (tmp_path / "places.sqlite-wal").exists()
+    # a journal of ours, and an empty file, still open
+    Journal.open(tmp_path / "ours.sqlite").close()
+    Journal.open(tmp_path / "ours.sqlite").close()
+    (tmp_path / "empty.sqlite").touch()
+    Journal.open(tmp_path / "empty.sqlite").close()

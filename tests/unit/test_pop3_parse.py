@@ -235,3 +235,21 @@ def test_scrub_never_shows_the_password_and_stays_one_line(
     forget_all()  # other tests remembered theirs
     remember(secret)  # as credentials.py does when it reads it
     assert _scrub(text) == shown
+
+
+def test_a_retr_may_bring_twice_its_list_size_and_never_more_than_the_largest_message():
+    from migrator.stores.base import LARGEST_MESSAGE
+    from migrator.stores.pop3 import retr_limit
+
+    assert retr_limit(120) == 240 + 64 * 1024
+    assert retr_limit(-5) == 64 * 1024
+    assert retr_limit(10**12) == LARGEST_MESSAGE
+
+
+def test_a_multiline_answer_past_its_limit_is_cut_off_unread():
+    from migrator.stores.pop3 import _TooLong
+
+    conn = SimpleNamespace(file=io.BufferedReader(io.BytesIO(b"y" * 500_000 + b"\r\n.\r\n")))
+    with pytest.raises(_TooLong):
+        _Wire(conn).body(limit=100_000)  # type: ignore[arg-type]
+    assert conn.file.tell() <= 100_000 + 8192

@@ -259,3 +259,24 @@ def test_a_profile_limit_below_appendlimit_wins_and_says_so():
     ).run()
     (reason,) = [r for f in summary.folders for _, r in f.failures]
     assert reason == "larger than the target accepts (1000 bytes, profile outlook)"
+
+
+def test_the_login_gate_lets_a_burst_through_then_spaces_logins_per_account():
+    from migrator.ratelimit import LoginGate
+
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    gate = LoginGate(limit=3, window=60.0, clock=lambda: now[0], sleep=sleep)
+    assert [gate.wait("a@h:1") for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert gate.wait("b@h:1") == 0.0  # another account has its own count
+    waited = gate.wait("a@h:1")  # the fourth in the window waits for the first to age out
+    assert 59.5 <= waited <= 60.0 and now[0] >= 60.0
+    logins = [now[0]]
+    for _ in range(10):
+        gate.wait("a@h:1")
+        logins.append(now[0])
+    # never more than 3 in any 60 s
+    assert all(b - a >= 60.0 - 1e-9 for a, b in zip(logins, logins[3:], strict=False))
