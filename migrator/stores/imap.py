@@ -449,6 +449,9 @@ class ImapStore(Source, Target):
                 # Opened, but [READ-ONLY] for this user (RFC 4314 rights): nothing here may be
                 # changed. A per-folder failure, not a lost connection (imaplib's class says so).
                 self._selected = None
+                # imaplib refuses every later command while this answer is kept (it took the
+                # folder for one that turned read-only under it): it was expected here.
+                self._c._imap.untagged_responses.pop("READ-ONLY", None)
                 raise FolderError(
                     f"{self.label}: folder {name!r} is read-only for this user "
                     f"(the server said [READ-ONLY]{self._rights_note(name)}); "

@@ -8,12 +8,14 @@ source -> target and back, so that every server is read and written with its own
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import time
 
 import pytest
+from imapclient import imap_utf7
 
 from tests.corpus import make_corpus, make_message
 from tests.integration.jobs import Job, base_env, migrator_cmd
@@ -157,7 +159,8 @@ def test_archives_both_ways(server_name, kind, request, account, tmp_path):
     if kind == "mbox":
         assert {"Reçus.mbox", "Sent.mbox", "Archive/2023.mbox"} <= files, files
     else:
-        assert {".Reçus", ".Sent", ".Archive.2023"} <= {f.split("/")[0] for f in files}, files
+        reçus = "." + imap_utf7.encode("Reçus").decode()  # Maildir++ names are modified UTF-7
+        assert {reçus, ".Sent", ".Archive.2023"} <= {f.split("/")[0] for f in files}, files
     assert not any(f.startswith("INBOX/") or f.startswith(".INBOX.") for f in files), files
     dst = account(server)
     back = Job(
@@ -174,3 +177,98 @@ def test_archives_both_ways(server_name, kind, request, account, tmp_path):
         # line endings may change in an archive; flags, dates and content may not
         assert [(s.flags, s.date) for s in snaps] == [(s.flags, s.date) for s in b[folder]]
         assert len(snaps) == len(b[folder])
+
+
+# -- rights ------------------------------------------------------------------------------------
+
+
+def test_read_only_shared_folder_with_delete_source(
+    cyrus_standard, dovecot_target, account, tmp_path
+):
+    """The issue's case: a shared folder the user may only read, copied with --include-shared and
+    --delete-source. The run finishes (summary and JSON), exits 1, names the folder with the
+    server's reason; every other folder is deleted from the source, only after being copied;
+    `status` adds up."""
+    src = account(cyrus_standard)
+    dst = account(dovecot_target)
+    msgs = make_corpus(34, 24, folders=("INBOX", "Archive", "Archive/2023"))
+    src.seed(msgs)
+    shared = f"ro{src.user}"
+    cyrus_standard.shared_folder(shared, {src.user: "lr"})
+    admin = cyrus_standard.admin()
+    try:
+        for i in range(5):
+            admin.append(shared, make_message(9000 + i), flags=["\\Seen"])
+    finally:
+        admin.logout()
+    job = Job.between(src, dst, tmp_path / "j.sqlite")
+    result = job.run("--json", "--include-shared", "--delete-source")
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["copied"] == 29 and summary["failed"] == 0
+    # the folder is named, with what the server said and the user's rights there
+    [failed] = [f for f in summary["folders"] if f["error"]]
+    assert failed["source"] == f"Shared Folders/{shared}" and failed["copied"] == 5
+    assert "READ-ONLY" in failed["error"] and "'lr'" in failed["error"], failed
+    assert shared in failed["error"]
+    # copied everywhere; deleted from the source everywhere but the read-only folder
+    got = dst.snapshot(include_empty=False)
+    assert sum(len(v) for v in got.values()) == 29
+    assert len(got[f"Shared Folders/{shared}"]) == 5
+    assert src.snapshot(include_empty=False) == {}
+    client = src.client()
+    client.select_folder(shared, readonly=True)
+    assert len(client.search("ALL")) == 5
+    status = subprocess.run(
+        migrator_cmd("status", "--state", str(job.state), "--json"),
+        env=job.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert status.returncode == 0, status.stderr
+    data = json.loads(status.stdout)
+    assert sum(f["copied"] for f in data["folders"]) == 29
+    assert data["runs"][-1]["copied"] == 29
+    # a rerun copies nothing again, and fails the same folder the same clear way
+    again = job.run("--include-shared", "--delete-source")
+    assert again.returncode == 1, again.stderr
+    said = [line for line in again.stderr.splitlines() if "folder error" in line]
+    assert len(said) == 1 and shared in said[0] and "READ-ONLY" in said[0], again.stderr
+    assert "total" in again.stdout
+
+
+def test_shared_folders_are_left_out_and_reported_by_default(
+    cyrus_alt, dovecot_target, account, tmp_path
+):
+    src = account(cyrus_alt)
+    dst = account(dovecot_target)
+    src.seed(make_corpus(35, 6, folders=("INBOX", "Lists")))
+    shared = cyrus_alt.admin_name("team", f"s{src.user}")
+    cyrus_alt.shared_folder(shared, {src.user: "lrs"})
+    job = Job.between(src, dst, tmp_path / "j.sqlite")
+    result = job.run("--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["copied"] == 6
+    [notice] = [n for n in summary["notices"] if "left out" in n]
+    assert "--include-shared" in notice
+    assert f"Shared Folders/team/s{src.user}" in notice
+    assert sorted(dst.snapshot(include_empty=False)) == ["INBOX", "Lists"]
+
+
+def test_special_use_folder_created_with_its_attribute(
+    dovecot_source, cyrus_standard, account, tmp_path
+):
+    """Cyrus offers CREATE-SPECIAL-USE: a Sent folder it did not have is created as \\Sent."""
+    src = account(dovecot_source)
+    dst = account(cyrus_standard)
+    src.seed(make_corpus(36, 4, folders=("INBOX", "Sent Items", "Junk")))
+    job = Job.between(src, dst, tmp_path / "j.sqlite")
+    assert job.run_json()["copied"] == 4
+    client = dst.client()
+    typ, data = client._imap._simple_command("LIST", '""', '"*"', "RETURN", "(SPECIAL-USE)")
+    _, data = client._imap._untagged_response(typ, data, "LIST")
+    uses = {name: set(flags) for flags, _, name in client._proc_folder_list(data)}
+    assert b"\\Sent" in uses["INBOX.Sent"] and b"\\Junk" in uses["INBOX.Junk"], uses

@@ -16,6 +16,7 @@ from migrator.ratelimit import (
     ByteBudgets,
     DailyBudget,
     TokenBucket,
+    is_final_refusal,
     is_size_refusal,
     parse_backoff,
     recorded_limit,
@@ -259,3 +260,22 @@ def test_a_profile_limit_below_appendlimit_wins_and_says_so():
     ).run()
     (reason,) = [r for f in summary.folders for _, r in f.failures]
     assert reason == "larger than the target accepts (1000 bytes, profile outlook)"
+
+
+@pytest.mark.parametrize(
+    ("reason", "final"),
+    [
+        ("the server said: Message contains invalid header", True),  # Cyrus
+        ("the server said: Message contains NUL characters", True),
+        ("the server said: Message contains non-ASCII characters in headers", True),
+        ("the server said: Over quota", True),  # Cyrus
+        ("the server said: [OVERQUOTA] Quota exceeded (mailbox for user is full)", True),
+        ("the server said: [TOOBIG] Message too large", True),
+        ("larger than the target accepts (1000 bytes, the target's APPENDLIMIT)", True),
+        ("connection lost during APPEND (socket error: EOF)", False),
+        ("the server asked to wait 2s during APPEND ([UNAVAILABLE] Suggested Backoff Time)", False),
+        ("the message vanished from the source", False),
+    ],
+)
+def test_final_refusals_are_told_from_failures_a_rerun_may_fix(reason, final):
+    assert is_final_refusal(reason) is final
