@@ -272,3 +272,30 @@ def test_special_use_folder_created_with_its_attribute(
     _, data = client._imap._untagged_response(typ, data, "LIST")
     uses = {name: set(flags) for flags, _, name in client._proc_folder_list(data)}
     assert b"\\Sent" in uses["INBOX.Sent"] and b"\\Junk" in uses["INBOX.Junk"], uses
+
+
+def test_cyrus_refusing_an_invalid_header_is_a_clear_final_failure(
+    dovecot_source, cyrus_alt, account, tmp_path
+):
+    """Cyrus refuses a header line without a colon ("Message contains invalid header"), which
+    Dovecot stores: that message fails with the server's reason, the others are copied, and
+    `status` says a rerun will not fix it."""
+    src = account(dovecot_source)
+    dst = account(cyrus_alt)
+    src.seed(make_corpus(37, 5, folders=("INBOX",)))
+    bad = make_message(9999).replace(b"\r\nSubject:", b"\r\nthis line has no colon\r\nSubject:", 1)
+    src.client().append("INBOX", bad)
+    job = Job.between(src, dst, tmp_path / "j.sqlite")
+    summary = job.run_json(expect=1)
+    assert summary["copied"] == 5 and summary["failed"] == 1
+    [failure] = summary["folders"][0]["failures"]
+    assert "invalid header" in failure["reason"], failure
+    status = subprocess.run(
+        migrator_cmd("status", "--state", str(job.state)),
+        env=job.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "1 message(s) the target refused for good" in status.stdout, status.stdout
+    assert "a rerun may fix" not in status.stdout
