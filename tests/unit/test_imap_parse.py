@@ -227,3 +227,47 @@ def test_fetch_answers_with_a_bye_are_a_lost_connection() -> None:
     tag = imap._command("UID", "FETCH", "1", "(BODY.PEEK[])")
     with pytest.raises(imaplib.IMAP4.abort, match="shutting down"):
         read_fetch_answers(imap, tag)
+
+
+def _store_with(prefix, delimiter, namespaces):
+    from migrator.stores.base import ServerAccess
+    from migrator.stores.imap import ImapStore
+
+    store = ImapStore(ServerAccess("h", 1, "u", "none", None, lambda: "x"))
+    store.prefix, store.delimiter, store._namespaces = prefix, delimiter, namespaces
+    return store
+
+
+CYRUS_STANDARD = ("INBOX.", ".", [("user.", ".", "other"), ("", ".", "shared")])
+CYRUS_ALT = ("", "/", [("Other Users/", "/", "other"), ("Shared Folders/", "/", "shared")])
+DOVECOT_PREFIXED = ("INBOX.", ".", [])
+DOVECOT_PLAIN = ("", "/", [("shared/", "/", "shared")])
+
+
+@pytest.mark.parametrize(
+    ("server", "name", "path", "namespace"),
+    [
+        (CYRUS_STANDARD, "INBOX", ("INBOX",), None),
+        (CYRUS_STANDARD, "INBOX.Archive.2023", ("Archive", "2023"), None),
+        (CYRUS_STANDARD, "INBOX.Reçus", ("Reçus",), None),
+        (CYRUS_STANDARD, "shared.ro", ("Shared Folders", "shared", "ro"), "shared"),
+        (CYRUS_STANDARD, "user.bob.Sent", ("Other Users", "bob", "Sent"), "other"),
+        (CYRUS_ALT, "Archive/2023", ("Archive", "2023"), None),
+        (CYRUS_ALT, "Shared Folders/shared/ro", ("Shared Folders", "shared", "ro"), "shared"),
+        (CYRUS_ALT, "Other Users/bob", ("Other Users", "bob"), "other"),
+        (DOVECOT_PREFIXED, "INBOX.Sent", ("Sent",), None),
+        (DOVECOT_PLAIN, "INBOX/Sent", ("INBOX", "Sent"), None),
+        (DOVECOT_PLAIN, "shared/alice/x", ("Shared Folders", "alice", "x"), "shared"),
+    ],
+)
+def test_listed_names_are_placed_relative_to_their_namespace(server, name, path, namespace):
+    prefix, delimiter, namespaces = server
+    store = _store_with(prefix, delimiter, namespaces)
+    assert store._place(name, delimiter) == (path, namespace)
+    if namespace is None:  # and written back as the server spells it
+        assert store._own_name(path) == name
+
+
+def test_a_namespace_root_is_no_folder():
+    store = _store_with(*CYRUS_ALT)
+    assert store._place("Shared Folders/", "/") is None
