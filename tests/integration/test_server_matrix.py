@@ -125,12 +125,18 @@ def test_kill_and_resume_gives_exactly_once(dst_name, request, account, tmp_path
     msgs = make_corpus(32, 150)
     src, dst = _accounts(request, account, "dovecot_source", dst_name, msgs)
     job = Job.between(src, dst, tmp_path / "j.sqlite")
-    for delay in (0.6, 1.0):
+    killed, delay = 0, 0.7
+    while killed < 3:
         proc = job.start("--workers", "2")
         time.sleep(delay)
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
+        if proc.poll() is not None:  # finished before the kill
+            break
+        os.kill(proc.pid, signal.SIGKILL)
         proc.communicate(timeout=60)
+        killed += 1
+        delay += 0.15
+    proc.communicate(timeout=120)
+    assert killed >= 1, "the copy finished before any kill: make the corpus bigger"
     final = job.run_json()
     assert final["failed"] == 0
     assert_same(src, dst)
