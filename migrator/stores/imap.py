@@ -287,6 +287,7 @@ class ImapStore(Source, Target):
             ("capabilities", " ".join(notable) or "-"),
             ("missing", " ".join(c for c in self.NOTABLE[:5] if c not in notable) or "-"),
             ("delimiter", self.delimiter or "-"),
+            ("personal namespace", repr(self.prefix) if self.prefix else "no prefix"),
             ("folders", str(len(self.list_folders()))),
         ]
 

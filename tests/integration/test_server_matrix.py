@@ -305,3 +305,17 @@ def test_cyrus_refusing_an_invalid_header_is_a_clear_final_failure(
     )
     assert "1 message(s) the target refused for good" in status.stdout, status.stdout
     assert "a rerun may fix" not in status.stdout
+
+
+def test_check_shows_the_personal_namespace(cyrus_standard, account):
+    acct = account(cyrus_standard)
+    shown = subprocess.run(
+        migrator_cmd("check", acct.url("imaps"), "--ca-file", str(cyrus_standard.ca_file)),
+        env=base_env(MIGRATOR_SOURCE_PASSWORD=acct.password),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "'INBOX.'" in shown.stdout and "Cyrus IMAP 3.6" in shown.stdout, shown.stdout
