@@ -181,10 +181,11 @@ def recorded_limit(reason: str | None) -> int | None:
 
 #: What servers say when they refuse a message for good: its content (Cyrus: "Message contains
 #: invalid header", "... NUL characters", "... non-ASCII characters in headers"; [PARSE]), its size
-#: ([TOOBIG], over the APPENDLIMIT), or the account's room ([OVERQUOTA], Cyrus's "Over quota").
+#: ([TOOBIG], over the APPENDLIMIT), the account's room ([OVERQUOTA], Cyrus's "Over quota"), or
+#: the user's rights ([NOPERM], "Permission denied"): a rerun changes none of them.
 _FINAL_REFUSAL = re.compile(
     r"invalid|malformed|\bNUL\b|non-ASCII|\[PARSE\]|\bover quota\b|\[OVERQUOTA\]|quota exceeded"
-    r"|larger than the target accepts",
+    r"|larger than the target accepts|permission denied|\[NOPERM\]",
     re.IGNORECASE,
 )
 

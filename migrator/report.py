@@ -324,8 +324,8 @@ def status_text(data: dict[str, Any]) -> str:
     if refused:
         lines.append(
             f"{refused} message(s) the target refused for good (invalid message, over quota, "
-            "too big): a rerun will not copy them; fix them at the source, make room, or leave "
-            "them out (--max-size)"
+            "too big, no permission): a rerun will not copy them as they are; fix them at the "
+            "source, make room or grant the right, or leave them out (--max-size, --exclude)"
         )
     lines.append("")
     for run in data["runs"][-5:]:

@@ -147,6 +147,8 @@ class ImapStore(Source, Target):
         self._caps: frozenset[str] = frozenset()
         self._selected: tuple[str, bool] | None = None
         self._existing: set[FolderPath] = set()
+        #: Target folders whose rights were found to allow APPEND (or could not be asked).
+        self._insertable: set[FolderPath] = set()
         #: The personal namespace's prefix (RFC 2342): "INBOX." on Cyrus's and Courier's
         #: default configurations, "" on most others. Paths here never include it.
         self.prefix = ""
@@ -467,16 +469,22 @@ class ImapStore(Source, Target):
         self._selected = (name, readonly)
         return info  # type: ignore[no-any-return]
 
-    def _rights_note(self, name: str) -> str:
-        """ ", its rights for this user are 'lr'" (RFC 4314 MYRIGHTS), when the server says."""
+    def _myrights(self, name: str) -> str | None:
+        """The user's rights on a folder (RFC 4314 MYRIGHTS: "lrswipkxtecda"), None when the
+        server has no ACL extension or does not say."""
         if "ACL" not in self._caps:
-            return ""
+            return None
         try:
             typ, data = self._c._imap.myrights(self._c._normalise_folder(name))
         except (imaplib.IMAP4.error, IMAPClientError, OSError):
-            return ""
+            return None
         words = _text(data).split()
-        return f"; the user's rights there are {words[-1]!r}" if typ == "OK" and words else ""
+        return words[-1] if typ == "OK" and len(words) >= 2 else None
+
+    def _rights_note(self, name: str) -> str:
+        """ "; the user's rights there are 'lr'", when the server says."""
+        rights = self._myrights(name)
+        return f"; the user's rights there are {rights!r}" if rights is not None else ""
 
     def _ensure_selected(self, path: FolderPath, readonly: bool) -> None:
         name = self._name(path)
@@ -681,6 +689,16 @@ class ImapStore(Source, Target):
                     # folder, and the mail must go on.
                     _PROTOCOL_LOG.debug("SUBSCRIBE %r refused: %s", name, _text(str(exc)))
             self._existing.add(sub)
+        if path not in self._insertable:
+            name = self._own_name(path)
+            rights = self._myrights(name)
+            if rights is not None and "i" not in rights:
+                # Every APPEND would be refused: one folder failure, not one per message.
+                raise FolderError(
+                    f"{self.label}: cannot add messages to folder {name!r}: the user's rights "
+                    f"there are {rights!r} (RFC 4314: appending needs 'i')"
+                )
+            self._insertable.add(path)
 
     def _create_special(self, name: str, use: str) -> bool:
         """CREATE name (USE (\\Sent)) where the server offers CREATE-SPECIAL-USE (RFC 6154);

@@ -319,3 +319,27 @@ def test_check_shows_the_personal_namespace(cyrus_standard, account):
     )
     assert shown.returncode == 0, shown.stderr
     assert "'INBOX.'" in shown.stdout and "Cyrus IMAP 3.6" in shown.stdout, shown.stdout
+
+
+def test_target_folder_without_the_insert_right_fails_alone(
+    dovecot_source, cyrus_standard, account, tmp_path
+):
+    """A target folder the user may not append to (no 'i' right, RFC 4314) fails as a folder,
+    with the rights the server gave, before any message is tried; the others are copied."""
+    src = account(dovecot_source)
+    dst = account(cyrus_standard)
+    msgs = make_corpus(38, 8, folders=("INBOX", "Archive", "Lists"))
+    src.seed(msgs)
+    dst.client().create_folder("INBOX.Archive")
+    admin = cyrus_standard.admin()
+    try:
+        admin.setacl(f"user.{dst.user}.Archive", dst.user, "lr")
+    finally:
+        admin.logout()
+    job = Job.between(src, dst, tmp_path / "j.sqlite")
+    summary = job.run_json(expect=1)
+    [failed] = [f for f in summary["folders"] if f["error"]]
+    assert failed["source"] == "Archive" and failed["copied"] == failed["failed"] == 0
+    assert "'INBOX.Archive'" in failed["error"] and "needs 'i'" in failed["error"], failed
+    assert summary["copied"] == sum(1 for m in msgs if m.folder != "Archive")
+    assert summary["failed"] == 0

@@ -271,6 +271,7 @@ def test_a_profile_limit_below_appendlimit_wins_and_says_so():
         ("the server said: Over quota", True),  # Cyrus
         ("the server said: [OVERQUOTA] Quota exceeded (mailbox for user is full)", True),
         ("the server said: [TOOBIG] Message too large", True),
+        ("the server said: Permission denied", True),  # Cyrus, no i right
         ("larger than the target accepts (1000 bytes, the target's APPENDLIMIT)", True),
         ("connection lost during APPEND (socket error: EOF)", False),
         ("the server asked to wait 2s during APPEND ([UNAVAILABLE] Suggested Backoff Time)", False),
