@@ -674,6 +674,7 @@ def folders(
     map_: MapOpt = None,
     into: IntoOpt = None,
     to_folder: ToFolderOpt = None,
+    include_shared: SharedOpt = False,
     json_output: JsonOpt = False,
     password_file: PwFile = None,
     password_cmd: PwCmd = None,
@@ -698,7 +699,7 @@ def folders(
         from migrator.report import human_bytes, table
 
         folder_map = make_folder_map(
-            folder or (), exclude or (), map_ or (), into, to_folder, option_label
+            folder or (), exclude or (), map_ or (), into, to_folder, option_label, include_shared
         )
         src = _open_side(
             endpoint,
@@ -741,7 +742,9 @@ def folders(
                         "bytes": size,
                         "special_use": special_use(f),
                         "selectable": f.selectable,
-                        "selected": selected and f.selectable and f.namespace is None,
+                        "selected": selected
+                        and f.selectable
+                        and (f.namespace is None or include_shared),
                         "namespace": f.namespace or "personal",
                         "target": targets.get(f.path),
                     }
