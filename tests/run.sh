@@ -104,6 +104,10 @@ ensure_cyrus() {
         as_root mkdir -p "$dir"
         (cd "$dir" && as_root apt-get download -q "cyrus-imapd=$version" 2>&1 |
             grep -v 'unsandboxed' || true)
+        if ! ls "$dir"/cyrus-imapd_*.deb >/dev/null 2>&1; then
+            echo "tests/run.sh: could not download cyrus-imapd=$version (apt-get download)" >&2
+            exit 2
+        fi
         as_root dpkg-deb -x "$dir"/cyrus-imapd_*.deb "$dir/x"
         as_root chmod 0755 "$cache" "$dir"
     fi
