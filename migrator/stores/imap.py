@@ -156,6 +156,8 @@ class ImapStore(Source, Target):
         self._namespaces: list[tuple[str, str | None, str]] = []
         #: Server names of the folders listed outside the personal namespace, by path.
         self._foreign: dict[FolderPath, str] = {}
+        #: True once list_folders has filled _foreign.
+        self._listed = False
         #: UIDs per metadata FETCH; shrinks after a connection lost mid-listing (kept across
         #: reconnects: the same store object reconnects).
         self._meta_batch = META_BATCH
@@ -360,6 +362,14 @@ class ImapStore(Source, Target):
     def _name(self, path: FolderPath) -> str:
         """The server's name for a path: a folder listed in another user's or a shared
         namespace by its listed name, any other under the personal namespace's prefix."""
+        if (
+            path not in self._foreign
+            and self._namespaces
+            and not self._listed
+            and path[0] in NAMESPACE_FOLDERS.values()
+        ):
+            # A worker's own connection that never listed: learn the listed names first.
+            self.list_folders()
         return self._foreign.get(path) or self._own_name(path)
 
     def _own_name(self, path: FolderPath) -> str:
@@ -436,7 +446,19 @@ class ImapStore(Source, Target):
             folders.append(Folder(path, use, selectable=selectable, namespace=namespace))
         # Only the user's own folders count as there for a target: it writes nowhere else.
         self._existing = {f.path for f in folders if f.namespace is None}
-        return folders
+        self._listed = True
+        return [self._readable(f) for f in folders]
+
+    def _readable(self, folder: Folder) -> Folder:
+        """Another user's or a shared folder that this user may not read (no 'r' right, RFC
+        4314) is only a container here: Cyrus lists such parents ("shared" above "shared.ro")
+        without \\Noselect, and SELECT then says it does not exist."""
+        if folder.namespace is None or not folder.selectable:
+            return folder
+        rights = self._myrights(self._foreign[folder.path])
+        if rights is None or "r" in rights:
+            return folder
+        return replace(folder, selectable=False)
 
     def _is_foreign(self, name: Any) -> bool:
         text = name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
@@ -470,21 +492,24 @@ class ImapStore(Source, Target):
         return info  # type: ignore[no-any-return]
 
     def _myrights(self, name: str) -> str | None:
-        """The user's rights on a folder (RFC 4314 MYRIGHTS: "lrswipkxtecda"), None when the
-        server has no ACL extension or does not say."""
+        """The user's rights on a folder (RFC 4314 MYRIGHTS: "lrswipkxtecda"); "" when the
+        server refuses to say (no rights there, or no such folder); None when it has no ACL
+        extension or the answer is unreadable."""
         if "ACL" not in self._caps:
             return None
         try:
             typ, data = self._c._imap.myrights(self._c._normalise_folder(name))
         except (imaplib.IMAP4.error, IMAPClientError, OSError):
             return None
+        if typ != "OK":
+            return ""
         words = _text(data).split()
-        return words[-1] if typ == "OK" and len(words) >= 2 else None
+        return words[-1] if len(words) >= 2 else None
 
     def _rights_note(self, name: str) -> str:
         """ "; the user's rights there are 'lr'", when the server says."""
         rights = self._myrights(name)
-        return f"; the user's rights there are {rights!r}" if rights is not None else ""
+        return f"; the user's rights there are {rights!r}" if rights else ""
 
     def _ensure_selected(self, path: FolderPath, readonly: bool) -> None:
         name = self._name(path)
@@ -692,7 +717,7 @@ class ImapStore(Source, Target):
         if path not in self._insertable:
             name = self._own_name(path)
             rights = self._myrights(name)
-            if rights is not None and "i" not in rights:
+            if rights and "i" not in rights:
                 # Every APPEND would be refused: one folder failure, not one per message.
                 raise FolderError(
                     f"{self.label}: cannot add messages to folder {name!r}: the user's rights "

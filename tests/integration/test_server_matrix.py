@@ -214,7 +214,9 @@ def test_read_only_shared_folder_with_delete_source(
     summary = json.loads(result.stdout)
     assert summary["copied"] == 29 and summary["failed"] == 0
     # the folder is named, with what the server said and the user's rights there
-    [failed] = [f for f in summary["folders"] if f["error"]]
+    errors = [f for f in summary["folders"] if f["error"]]
+    assert len(errors) == 1, errors
+    [failed] = errors
     assert failed["source"] == f"Shared Folders/{shared}" and failed["copied"] == 5
     assert "READ-ONLY" in failed["error"] and "'lr'" in failed["error"], failed
     assert shared in failed["error"]
@@ -343,3 +345,30 @@ def test_target_folder_without_the_insert_right_fails_alone(
     assert "'INBOX.Archive'" in failed["error"] and "needs 'i'" in failed["error"], failed
     assert summary["copied"] == sum(1 for m in msgs if m.folder != "Archive")
     assert summary["failed"] == 0
+
+
+def test_a_fresh_connection_finds_a_shared_folder_by_its_path(cyrus_standard, account):
+    """Each worker opens its own store, which never listed: a shared folder's path still leads
+    to the server's name for it ("team.x"), not to a personal folder ("INBOX.Shared Folders...")."""
+    from migrator.stores.base import ServerAccess
+    from migrator.stores.imap import ImapStore
+
+    acct = account(cyrus_standard)
+    name = cyrus_standard.admin_name("team", f"x{acct.user}")
+    cyrus_standard.shared_folder(name, {acct.user: "lrs"})
+    admin = cyrus_standard.admin()
+    try:
+        admin.append(name, make_message(4242))
+    finally:
+        admin.logout()
+    access = ServerAccess(
+        cyrus_standard.host,
+        cyrus_standard.imaps_port,
+        acct.user,
+        "implicit",
+        cyrus_standard.ssl_context(),
+        lambda: acct.password,
+    )
+    with ImapStore(access) as store:
+        state = store.open_folder(("Shared Folders", "team", f"x{acct.user}"))
+    assert state.count == 1
