@@ -8,9 +8,11 @@ source -> target and back, so that every server is read and written with its own
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import time
 
@@ -120,22 +122,36 @@ def test_copy_rerun_verify(src_name, dst_name, request, account, tmp_path):
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
+def _journaled(state) -> int:
+    """Messages the journal holds a row for (pending or done); 0 before it exists."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{state}?mode=ro", uri=True)) as db:
+            return int(db.execute("SELECT count(*) FROM messages").fetchone()[0])
+    except sqlite3.Error:
+        return 0
+
+
 @pytest.mark.parametrize("dst_name", SERVERS)
 def test_kill_and_resume_gives_exactly_once(dst_name, request, account, tmp_path):
-    msgs = make_corpus(32, 150)
+    """SIGKILL while messages are being appended (the journal has grown since the start), three
+    times, then the same command: every message exactly once."""
+    msgs = make_corpus(32, 300)
     src, dst = _accounts(request, account, "dovecot_source", dst_name, msgs)
     job = Job.between(src, dst, tmp_path / "j.sqlite")
-    killed, delay = 0, 0.7
-    while killed < 3:
+    killed = 0
+    for _ in range(3):
+        before = _journaled(job.state)
         proc = job.start("--workers", "2")
-        time.sleep(delay)
-        if proc.poll() is not None:  # finished before the kill
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and _journaled(job.state) <= before:
+            assert time.monotonic() < deadline, "the copy never started"
+            time.sleep(0.01)
+        if proc.poll() is not None:
+            proc.communicate(timeout=60)
             break
         os.kill(proc.pid, signal.SIGKILL)
         proc.communicate(timeout=60)
         killed += 1
-        delay += 0.15
-    proc.communicate(timeout=120)
     assert killed >= 1, "the copy finished before any kill: make the corpus bigger"
     final = job.run_json()
     assert final["failed"] == 0
