@@ -301,9 +301,17 @@ class ImapStore(Source, Target):
             self.max_message_size = int(limit.split("=", 1)[1])
         self.prefix, self._namespaces = "", []
         delim: Any = None
+        spaces = None
         if "NAMESPACE" in self._caps:
-            with self._talk("NAMESPACE"):
-                spaces = self._c.namespace()
+            try:
+                with self._talk("NAMESPACE"):
+                    spaces = self._c.namespace()
+            except StoreError as exc:
+                if exc.transient:
+                    raise
+                # Refused or unreadable: take the server as one without namespaces (no prefix).
+                _PROTOCOL_LOG.debug("NAMESPACE refused: %s", exc)
+        if spaces is not None:
             for kind, entries in (
                 ("personal", spaces.personal),
                 ("other", spaces.other),

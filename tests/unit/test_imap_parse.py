@@ -271,3 +271,22 @@ def test_listed_names_are_placed_relative_to_their_namespace(server, name, path,
 def test_a_namespace_root_is_no_folder():
     store = _store_with(*CYRUS_ALT)
     assert store._place("Shared Folders/", "/") is None
+
+
+def test_a_refused_namespace_leaves_no_prefix_and_the_listed_delimiter():
+    """A server that offers NAMESPACE but refuses it (or answers garbage) is taken as one
+    without a prefix, its delimiter learnt from LIST, rather than failing the login."""
+    from imapclient.exceptions import IMAPClientError
+
+    class Refusing:
+        def namespace(self):
+            raise IMAPClientError("NAMESPACE command error: BAD [b'Unknown command']")
+
+        def list_folders(self, directory, pattern):
+            return [((b"\\Noselect",), b".", "")]
+
+    store = _store_with("stale.", "/", [("x/", "/", "shared")])
+    store._client = Refusing()
+    store._caps = frozenset({"NAMESPACE"})
+    store._learn_namespace()
+    assert (store.prefix, store.delimiter, store._namespaces) == ("", ".", [])
