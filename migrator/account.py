@@ -96,6 +96,8 @@ class CopyJob:
     max_size: str | None = None
     flags: tuple[str, ...] = ()
     delete_source: bool = False
+    #: --include-shared: other users' and shared folders too.
+    include_shared: bool = False
 
     def selection(self) -> dict[str, object]:
         """What decides which messages go where: a change here makes a finished account new."""
@@ -113,6 +115,8 @@ class CopyJob:
             "max_size": self.max_size,
             "flags": list(self.flags),
             "delete_source": self.delete_source,
+            # Named only when set: a job from before the option keeps its identity.
+            **({"include_shared": True} if self.include_shared else {}),
         }
 
 
@@ -180,6 +184,7 @@ def folder_map(
     into: str | None = None,
     to_folder: str | None = None,
     label: Label = column_label,
+    include_shared: bool = False,
 ) -> FolderMap:
     """The user's folder selection and renaming (--folder, --exclude, --map, --into,
     --to-folder)."""
@@ -189,6 +194,7 @@ def folder_map(
         renames=parse_renames(map_, label("map")),
         into=into,
         to_folder=to_folder,
+        include_shared=include_shared,
     )
 
 
@@ -214,7 +220,9 @@ def copy_options(
 ) -> CopyOptions:
     """The engine's options for a job, before its provider profiles (:func:`apply_profiles`)."""
     return CopyOptions(
-        folder_map=folder_map(job.folder, job.exclude, job.map, job.into, job.to_folder, label),
+        folder_map=folder_map(
+            job.folder, job.exclude, job.map, job.into, job.to_folder, label, job.include_shared
+        ),
         message_filter=message_filter(job.since, job.before, job.older_than, job.max_size, label),
         delete_source=job.delete_source,
         dry_run=dry_run,
@@ -322,6 +330,7 @@ def profile_folders(
             renames={**adjust.renames, **fm.renames},
             into=fm.into,
             to_folder=fm.to_folder,
+            include_shared=fm.include_shared,
         )
     return fm, list(adjust.notices)
 

@@ -359,6 +359,14 @@ MapOpt = Annotated[
     ),
 ]
 IntoOpt = Annotated[str | None, typer.Option("--into", help="Put every folder under this one.")]
+SharedOpt = Annotated[
+    bool,
+    typer.Option(
+        "--include-shared",
+        help="Also copy other users' and shared folders (IMAP namespaces), under target folders "
+        "named 'Other Users' and 'Shared Folders'.",
+    ),
+]
 ToFolderOpt = Annotated[
     str | None,
     typer.Option("--to-folder", help="Where a one-folder source (POP3, one mbox) lands."),
@@ -478,6 +486,7 @@ def copy(
     map_: MapOpt = None,
     into: IntoOpt = None,
     to_folder: ToFolderOpt = None,
+    include_shared: SharedOpt = False,
     since: SinceOpt = None,
     before: BeforeOpt = None,
     older_than: OlderOpt = None,
@@ -575,6 +584,7 @@ def copy(
             map=tuple(map_ or ()),
             into=into,
             to_folder=to_folder,
+            include_shared=include_shared,
             since=since,
             before=before,
             older_than=older_than,
@@ -665,6 +675,7 @@ def verify(
     map_: MapOpt = None,
     into: IntoOpt = None,
     to_folder: ToFolderOpt = None,
+    include_shared: SharedOpt = False,
     since: SinceOpt = None,
     before: BeforeOpt = None,
     older_than: OlderOpt = None,
@@ -707,7 +718,7 @@ def verify(
         if by not in BY:
             raise ConfigError(f"--by {by!r}: use one of {', '.join(BY)}")
         folder_map = make_folder_map(
-            folder or (), exclude or (), map_ or (), into, to_folder, option_label
+            folder or (), exclude or (), map_ or (), into, to_folder, option_label, include_shared
         )
         message_filter = make_message_filter(since, before, older_than, max_size, option_label)
         src = _open_side(
@@ -772,6 +783,7 @@ def folders(
     map_: MapOpt = None,
     into: IntoOpt = None,
     to_folder: ToFolderOpt = None,
+    include_shared: SharedOpt = False,
     json_output: JsonOpt = False,
     password_file: PwFile = None,
     password_cmd: PwCmd = None,
@@ -796,7 +808,7 @@ def folders(
         from migrator.report import human_bytes, table
 
         folder_map = make_folder_map(
-            folder or (), exclude or (), map_ or (), into, to_folder, option_label
+            folder or (), exclude or (), map_ or (), into, to_folder, option_label, include_shared
         )
         src = _open_side(
             endpoint,
@@ -839,7 +851,10 @@ def folders(
                         "bytes": size,
                         "special_use": special_use(f),
                         "selectable": f.selectable,
-                        "selected": selected and f.selectable,
+                        "selected": selected
+                        and f.selectable
+                        and (f.namespace is None or include_shared),
+                        "namespace": f.namespace or "personal",
                         "target": targets.get(f.path),
                     }
                 )

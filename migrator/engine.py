@@ -24,7 +24,7 @@ from migrator.checkpoint import Commit, Journal
 from migrator.errors import ConnectError, FolderError, MessageError, StoreError
 from migrator.filters import MessageFilter
 from migrator.folders import FolderMap, FolderPlan
-from migrator.model import FolderPath, MessageRef, crlf_size, message_key
+from migrator.model import FolderPath, MessageRef, crlf_size, display_name, message_key
 from migrator.ratelimit import (
     ByteBudgets,
     TokenBucket,
@@ -163,7 +163,7 @@ class DryRunTarget(Target):
     def list_folders(self):  # type: ignore[no-untyped-def]
         return self.inner.list_folders()
 
-    def ensure_folder(self, path: FolderPath) -> None:
+    def ensure_folder(self, path: FolderPath, special_use: str | None = None) -> None:
         pass
 
     def index(self, path: FolderPath) -> list[str]:
@@ -361,8 +361,9 @@ class Engine:
         try:
             source.connect()
             target.connect()
+            source_folders = source.list_folders()
             plans = self.options.folder_map.plan(
-                source.list_folders(), target.list_folders(), target.delimiter
+                source_folders, target.list_folders(), target.delimiter
             )
         except BaseException:
             source.close()
@@ -376,6 +377,14 @@ class Engine:
             self._notice(
                 f"{source.label}: the server gives no stable message ids (no UIDL), so messages "
                 "are recognised by a digest of their headers: identity is weaker there"
+            )
+        left_out = self.options.folder_map.left_out(source_folders)
+        if left_out:
+            shown = ", ".join(display_name(f.path) for f in left_out[:5])
+            more = f" and {len(left_out) - 5} more" if len(left_out) > 5 else ""
+            self._notice(
+                f"{source.label}: left out {len(left_out)} folder(s) of other users' or shared "
+                f"namespaces ({shown}{more}); --include-shared copies them"
             )
         for plan in plans:
             if plan.note and plan.note.startswith("renamed"):
@@ -488,7 +497,7 @@ class Engine:
             try:
                 source.connect()
                 target.connect()
-                target.ensure_folder(plan.target)
+                target.ensure_folder(plan.target, plan.special_use)
                 self._copy_folder(source, target, plan, stats, pace, listing)
                 self.reporter.folder_finished(stats)
                 return

@@ -64,11 +64,15 @@ DELIMITER_SUBSTITUTE = "_"
 
 
 def special_use(folder: Folder) -> str | None:
-    """The folder's RFC 6154 use: its flag, or failing that its usual name."""
+    """The folder's RFC 6154 use: its flag, or failing that its usual name at the top level of
+    the personal namespace (a server's ``INBOX.Sent`` under prefix ``INBOX.`` is ``Sent`` here;
+    ``Projects/Sent`` or another user's ``Sent`` is no special folder)."""
+    if folder.namespace is not None:
+        return None
     if folder.special_use:
         return folder.special_use
     path = folder.path
-    if len(path) == 1 or (len(path) == 2 and path[0] == "INBOX"):
+    if len(path) == 1:
         name = path[-1].strip().lower()
         for use, names in USUAL_NAMES.items():
             if name in names:
@@ -86,12 +90,30 @@ def special_use(folder: Folder) -> str | None:
     return None
 
 
+def folders_by_use(folders: Sequence[Folder]) -> dict[str, Folder]:
+    """One folder per special use, whatever order the server listed them in: a folder the
+    server flags wins over one known by its name, then the shallower, then the first by name."""
+    by_use: dict[str, Folder] = {}
+    ranked = sorted(
+        (f for f in folders if f.selectable),
+        key=lambda f: (f.special_use is None, len(f.path), f.path),
+    )
+    for folder in ranked:
+        use = special_use(folder)
+        if use and use not in by_use:
+            by_use[use] = folder
+    return by_use
+
+
 @dataclass(frozen=True)
 class FolderPlan:
     source: Folder
     target: FolderPath
     #: Why the target name differs from the source's, for the report; None when it does not.
     note: str | None = None
+    #: The RFC 6154 use of the target folder, when it is one: a target that creates it gives it
+    #: that attribute (RFC 6154 CREATE-SPECIAL-USE).
+    special_use: str | None = None
 
     @property
     def source_name(self) -> str:
@@ -112,6 +134,9 @@ class FolderMap:
     into: str | None = None
     #: Where the only folder of a one-folder source (POP3, a single mbox file) lands.
     to_folder: str | None = None
+    #: Copy other users' and shared folders too (--include-shared), under a target folder named
+    #: after their namespace (NAMESPACE_FOLDERS).
+    include_shared: bool = False
 
     def __post_init__(self) -> None:
         try:
@@ -136,12 +161,12 @@ class FolderMap:
         target_folders: Sequence[Folder],
         target_delimiter: str | None,
     ) -> list[FolderPlan]:
-        chosen = [f for f in source_folders if f.selectable and self.selected(f)]
-        target_by_use: dict[str, FolderPath] = {}
-        for folder in target_folders:
-            use = special_use(folder)
-            if use and use not in target_by_use and folder.selectable:
-                target_by_use[use] = folder.path
+        chosen = [
+            f
+            for f in source_folders
+            if f.selectable and self.selected(f) and (f.namespace is None or self.include_shared)
+        ]
+        target_by_use = {use: f.path for use, f in folders_by_use(target_folders).items()}
         one_folder_source = len([f for f in source_folders if f.selectable]) == 1
         ordered = sorted(chosen, key=lambda f: (f.path != INBOX, f.path))
         wanted = [(f, *self._target_for(f, target_by_use, one_folder_source)) for f in ordered]
@@ -152,6 +177,9 @@ class FolderMap:
                 taken.setdefault(target, folder.path)
         plans: list[FolderPlan] = []
         for folder, target, note in wanted:
+            use = special_use(folder) if (note or "").startswith("special-use") else None
+            if note is None and special_use(folder) and target == folder.path:
+                use = special_use(folder)
             safe, renamed = _safe_levels(target, target_delimiter)
             if renamed:
                 note = (
@@ -163,8 +191,19 @@ class FolderMap:
                     safe = (*base[:-1], f"{base[-1]} ({n})")
                     n += 1
                 taken[safe] = folder.path
-            plans.append(FolderPlan(folder, safe, note))
+            plans.append(FolderPlan(folder, safe, note, use))
         return plans
+
+    def left_out(self, source_folders: Sequence[Folder]) -> list[Folder]:
+        """The selectable folders of other users' and shared namespaces that the plan leaves
+        out (without --include-shared), for the report."""
+        if self.include_shared:
+            return []
+        return [
+            f
+            for f in source_folders
+            if f.namespace is not None and f.selectable and self.selected(f)
+        ]
 
     def _target_for(
         self, folder: Folder, target_by_use: dict[str, FolderPath], one_folder_source: bool

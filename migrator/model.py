@@ -19,6 +19,11 @@ INBOX: FolderPath = ("INBOX",)
 #: RFC 6154 special uses that the folder map carries across.
 SPECIAL_USES = ("\\Sent", "\\Drafts", "\\Trash", "\\Junk", "\\Archive")
 
+#: Where the folders of other users' and shared namespaces (RFC 2342) are found, by namespace:
+#: ("Shared Folders", "team", "ro") is a shared folder "team/ro" whatever the server's prefix;
+#: --include-shared copies them under the target folder of that name.
+NAMESPACE_FOLDERS = {"other": "Other Users", "shared": "Shared Folders"}
+
 #: Flags never copied: \Recent is per-session; \Deleted would make the copy vanish at the next
 #: expunge.
 UNCOPIED_FLAGS = frozenset({"\\Recent", "\\Deleted"})
@@ -44,6 +49,9 @@ class Folder:
     special_use: str | None = None
     #: False for \Noselect containers that hold folders but no messages.
     selectable: bool = True
+    #: None for the user's own folders (the personal namespace, RFC 2342); "other" for other
+    #: users' folders, "shared" for shared ones: left out unless the user asks for them.
+    namespace: str | None = None
 
 
 @dataclass(frozen=True)

@@ -179,6 +179,24 @@ def recorded_limit(reason: str | None) -> int | None:
     return int(m[1]) if m else None
 
 
+#: What servers say when they refuse a message for good: its content (Cyrus: "Message contains
+#: invalid header", "... NUL characters", "... non-ASCII characters in headers"; [PARSE]), its size
+#: ([TOOBIG], over the APPENDLIMIT), the account's room ([OVERQUOTA], Cyrus's "Over quota"), or
+#: the user's rights ([NOPERM], "Permission denied"): a rerun changes none of them.
+_FINAL_REFUSAL = re.compile(
+    r"invalid|malformed|\bNUL\b|non-ASCII|\[PARSE\]|\bover quota\b|\[OVERQUOTA\]|quota exceeded"
+    r"|larger than the target accepts|permission denied|\[NOPERM\]",
+    re.IGNORECASE,
+)
+
+
+def is_final_refusal(reason: str) -> bool:
+    """True when a message's failure is one a rerun cannot fix (the server refused the message
+    itself, or has no room for it), False when it may (a lost connection, a throttled server,
+    a message that vanished meanwhile)."""
+    return bool(_FINAL_REFUSAL.search(reason)) or is_size_refusal(reason)
+
+
 def is_size_refusal(text: str) -> bool:
     """True when a target's refusal says the message is too big ([TOOBIG], Dovecot's [LIMIT] ...
     size, "too large")."""

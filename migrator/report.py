@@ -10,6 +10,7 @@ from typing import Any
 
 from migrator.checkpoint import Journal
 from migrator.engine import RunSummary
+from migrator.ratelimit import is_final_refusal
 from migrator.verify import FolderCheck, describe_flags, summary
 
 WIDTH = 80
@@ -128,6 +129,8 @@ def copy_json(summary: RunSummary) -> dict[str, Any]:
         "changed": summary.total("changed"),
         "changes": dict(summary.changes()),
         "stopped": summary.stopped,
+        # What the run said on the way (folders left out, renamed, a reconnect), as on stderr.
+        "notices": list(summary.notices),
         "folders": [
             {
                 "source": f.plan.source_name,
@@ -264,6 +267,9 @@ def status_data(journal: Journal) -> dict[str, Any]:
                 "id": f.src_id,
                 "reason": f.error,
                 "attempts": f.attempts,
+                # "refused": the server refused the message itself (a rerun cannot fix that);
+                # "retry": a rerun tries it again and may well copy it.
+                "kind": "refused" if is_final_refusal(f.error or "") else "retry",
             }
             for f in journal.failures()
         ],
@@ -308,6 +314,19 @@ def status_text(data: dict[str, Any]) -> str:
     lines += body
     for f in data["failures"]:
         lines.append(f"failed: {f['folder']} #{f['id']} ({f['attempts']}x): {f['reason']}")
+    refused = sum(1 for f in data["failures"] if f["kind"] == "refused")
+    retry = len(data["failures"]) - refused
+    if retry:
+        lines.append(
+            f"{retry} failure(s) a rerun may fix (connection, throttling): run the same copy "
+            "command again"
+        )
+    if refused:
+        lines.append(
+            f"{refused} message(s) the target refused for good (invalid message, over quota, "
+            "too big, no permission): a rerun will not copy them as they are; fix them at the "
+            "source, make room or grant the right, or leave them out (--max-size, --exclude)"
+        )
     lines.append("")
     for run in data["runs"][-5:]:
         ended = _when(run["ended"]) if run["ended"] else "never (killed, or still running)"

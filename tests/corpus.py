@@ -252,17 +252,21 @@ def _parents(folder: str) -> list[str]:
     return ["/".join(parts[: k + 1]) for k in range(len(parts))]
 
 
-def seed_imap(client: Any, msgs: Iterable[Msg], separator: str, *, chunk: int = 50) -> None:
+def seed_imap(
+    client: Any, msgs: Iterable[Msg], separator: str, *, chunk: int = 50, prefix: str = ""
+) -> None:
     """Create (and subscribe) every folder of *msgs* and its parents, then append the messages
-    with their flags and dates, in order (MULTIAPPEND when offered)."""
+    with their flags and dates, in order (MULTIAPPEND when offered). *prefix* is the server's
+    personal namespace prefix ("INBOX." on Cyrus's default configuration), put before every
+    folder but INBOX."""
     by_folder: dict[str, list[Msg]] = {}
     for m in msgs:
         by_folder.setdefault(m.folder, []).append(m)
     for folder in sorted({p for f in by_folder for p in _parents(f)}, key=lambda f: f.count("/")):
-        ensure_folder(client, folder, separator)
+        ensure_folder(client, folder, separator, prefix)
     multi = b"MULTIAPPEND" in client.capabilities()
     for folder, items in by_folder.items():
-        name = _to_server(folder, separator)
+        name = _to_server(folder, separator, prefix)
         for start in range(0, len(items), chunk):
             batch = items[start : start + chunk]
             if multi:
@@ -274,30 +278,35 @@ def seed_imap(client: Any, msgs: Iterable[Msg], separator: str, *, chunk: int = 
                     client.append(name, m.data, flags=m.flags, msg_time=m.date)
 
 
-def ensure_folder(client: Any, folder: str, separator: str) -> None:
+def ensure_folder(client: Any, folder: str, separator: str, prefix: str = "") -> None:
     """Create and subscribe *folder* ('/'-separated) unless it exists; INBOX always exists."""
     if folder.upper() == "INBOX":
         return
-    name = _to_server(folder, separator)
+    name = _to_server(folder, separator, prefix)
     if not client.folder_exists(name):
         client.create_folder(name)
     client.subscribe_folder(name)
 
 
-def _to_server(folder: str, separator: str) -> str:
+def _to_server(folder: str, separator: str, prefix: str = "") -> str:
     if folder.upper() == "INBOX":
         return "INBOX"
     if separator != "/" and separator in folder:
         raise ValueError(f"folder {folder!r} contains the server's separator {separator!r}")
-    return folder.replace("/", separator)
+    return prefix + folder.replace("/", separator)
 
 
 def _str(x: bytes | str) -> str:
     return x.decode() if isinstance(x, bytes) else x
 
 
-def snapshot_imap(client: Any, *, include_empty: bool = True) -> dict[str, list[Snap]]:
+def snapshot_imap(
+    client: Any, *, include_empty: bool = True, prefix: str = ""
+) -> dict[str, list[Snap]]:
     """Every selectable folder ('/'-separated Unicode name) -> its messages, sorted.
+
+    With a personal namespace *prefix* ("INBOX."), names are given without it, and folders
+    outside it (other users', shared ones) are left out.
 
     Flags exclude \\Recent; dates are INTERNALDATEs converted to UTC.  Folders are opened with
     EXAMINE, and bodies fetched with BODY.PEEK[], so nothing changes on the server.
@@ -310,9 +319,13 @@ def snapshot_imap(client: Any, *, include_empty: bool = True) -> dict[str, list[
             continue
         name = _str(name)
         sep = _str(delim) if delim else None
-        key = "/".join(name.split(sep)) if sep and sep != "/" else name
-        if key.upper() == "INBOX":
+        if name.upper() == "INBOX":
             key = "INBOX"
+        elif prefix and not name.startswith(prefix):
+            continue
+        else:
+            relative = name[len(prefix) :]
+            key = "/".join(relative.split(sep)) if sep and sep != "/" else relative
         client.select_folder(name, readonly=True)
         uids = client.search("ALL")
         snaps = []

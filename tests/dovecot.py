@@ -304,6 +304,7 @@ class DovecotServer:
         root: os.PathLike[str] | str,
         *,
         separator: str = "/",
+        prefix: str = "",
         mail_location: str = "maildir:~/Maildir",
         tls: TlsFiles | None = None,
         extra_conf: str = "",
@@ -334,6 +335,10 @@ class DovecotServer:
         os.chmod(self.root, 0o755)
         _make_traversable(self.root)
         self.separator = separator
+        if prefix and not prefix.endswith(separator):
+            raise ValueError(f"prefix {prefix!r} must end with the separator {separator!r}")
+        #: The personal namespace's prefix ("INBOX." as cPanel hosts and Courier serve it).
+        self.prefix = prefix
         self.mail_location = mail_location
         self.tls = tls if tls is not None else make_ca(self.root / "tls")
         self.ca_file = self.tls.ca_file
@@ -405,8 +410,11 @@ class DovecotServer:
         return f"{scheme}://{user}@{self.host}:{self.ports[scheme]}"
 
     def mailbox_name(self, folder: str) -> str:
-        """A '/'-separated folder name (as tests/corpus.py writes them) in this server's syntax."""
-        return folder.replace("/", self.separator)
+        """A '/'-separated folder name (as tests/corpus.py writes them) in this server's syntax,
+        under the personal namespace's prefix (INBOX stays INBOX)."""
+        if folder.upper() == "INBOX":
+            return "INBOX"
+        return self.prefix + folder.replace("/", self.separator)
 
     # -- configuration ---------------------------------------------------------------------------
 
@@ -460,7 +468,7 @@ userdb {{
 namespace inbox {{
   inbox = yes
   separator = {sep}
-  prefix =
+  prefix = {self.prefix}
 {special}}}
 
 service imap-login {{
@@ -662,7 +670,10 @@ service pop3-login-nostls {{
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
-        return f"<DovecotServer {self.root} sep={self.separator!r} {state} ports={self.ports}>"
+        return (
+            f"<DovecotServer {self.root} sep={self.separator!r} prefix={self.prefix!r} "
+            f"{state} ports={self.ports}>"
+        )
 
     # -- users -------------------------------------------------------------------------------
 

@@ -63,8 +63,59 @@ install_dovecot() {
     fi
 }
 
+# Cyrus IMAP 3.6 for the server matrix (tests/cyrus.py; see its docstring). Debian's cyrus-imapd,
+# the package holding imapd, conflicts with dovecot-imapd (both provide imap-server): it is NEVER
+# installed. cyrus-common (master, ctl_cyrusdb), cyrus-admin and sasl2-bin are, without
+# recommends and with removals forbidden; imapd is unpacked from its .deb, of the same version,
+# into MIGRATOR_CYRUS_CACHE (default /var/cache/migrator-tests), where tests/cyrus.py finds it.
+# No system service is started: a policy-rc.d refuses starts during the install when none is
+# there, and what the packages enabled is disabled again.
+ensure_cyrus() {
+    local cache=${MIGRATOR_CYRUS_CACHE:-/var/cache/migrator-tests}
+    if ! [ -x /usr/sbin/cyrmaster ] || ! command -v saslpasswd2 >/dev/null 2>&1 ||
+        ! [ -x /usr/lib/cyrus/bin/ctl_cyrusdb ]; then
+        echo "tests/run.sh: installing cyrus-common cyrus-admin sasl2-bin (never cyrus-imapd)"
+        if [ "$apt_updated" = no ]; then as_root apt-get update -q; apt_updated=yes; fi
+        if as_root apt-get -s install --no-install-recommends cyrus-common cyrus-admin sasl2-bin |
+            grep '^Remv'; then
+            echo "tests/run.sh: installing Cyrus would remove the packages above: stopping" >&2
+            exit 2
+        fi
+        local policy=/usr/sbin/policy-rc.d made_policy=no
+        if ! [ -e "$policy" ]; then
+            printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null
+            as_root chmod 0755 "$policy"
+            made_policy=yes
+        fi
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+            --no-remove cyrus-common cyrus-admin sasl2-bin || { [ "$made_policy" = no ] ||
+            as_root rm -f "$policy"; exit 2; }
+        if [ "$made_policy" = yes ]; then as_root rm -f "$policy"; fi
+        if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+            as_root systemctl disable --now cyrus-imapd.service exim4.service >/dev/null 2>&1 || true
+        fi
+    fi
+    local version
+    version=$(dpkg-query -W -f='${Version}' cyrus-common)
+    local dir="$cache/cyrus-imapd-$version"
+    if ! [ -x "$dir/x/usr/lib/cyrus/bin/imapd" ]; then
+        echo "tests/run.sh: unpacking imapd from cyrus-imapd $version into $dir (not installed)"
+        as_root rm -rf "$dir"
+        as_root mkdir -p "$dir"
+        (cd "$dir" && as_root apt-get download -q "cyrus-imapd=$version" 2>&1 |
+            grep -v 'unsandboxed' || true)
+        if ! ls "$dir"/cyrus-imapd_*.deb >/dev/null 2>&1; then
+            echo "tests/run.sh: could not download cyrus-imapd=$version (apt-get download)" >&2
+            exit 2
+        fi
+        as_root dpkg-deb -x "$dir"/cyrus-imapd_*.deb "$dir/x"
+        as_root chmod 0755 "$cache" "$dir"
+    fi
+}
+
 if dovecot_missing; then install_dovecot; fi
 dovecot --version >/dev/null
+ensure_cyrus
 
 # -- the checkout's own virtual environment ------------------------------------------------------
 python=${MIGRATOR_TEST_PYTHON:-python3}

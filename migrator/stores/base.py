@@ -118,8 +118,9 @@ class Target(Store):
     #: handful of fsyncs (file, directory, journal) that a few megabytes of mail amortise.
     commit_group: int = 1
 
-    def ensure_folder(self, path: FolderPath) -> None:
-        """Create (and subscribe) the folder and its parents when missing."""
+    def ensure_folder(self, path: FolderPath, special_use: str | None = None) -> None:
+        """Create (and subscribe) the folder and its parents when missing; a server that can
+        gives a folder it creates its RFC 6154 ``special_use`` (\\Sent, ...)."""
         raise NotImplementedError
 
     def index(self, path: FolderPath) -> Iterable[str]:

@@ -32,6 +32,7 @@ from imapclient.response_parser import parse_fetch_response
 from migrator.errors import ConnectError, FolderError, MessageError, StoreError
 from migrator.model import (
     INBOX,
+    NAMESPACE_FOLDERS,
     SPECIAL_USES,
     UNCOPIED_FLAGS,
     Folder,
@@ -175,6 +176,17 @@ class ImapStore(Source, Target):
         self._caps: frozenset[str] = frozenset()
         self._selected: tuple[str, bool] | None = None
         self._existing: set[FolderPath] = set()
+        #: Target folders whose rights were found to allow APPEND (or could not be asked).
+        self._insertable: set[FolderPath] = set()
+        #: The personal namespace's prefix (RFC 2342): "INBOX." on Cyrus's and Courier's
+        #: default configurations, "" on most others. Paths here never include it.
+        self.prefix = ""
+        #: Other users' and shared namespaces: (prefix, delimiter, "other" or "shared").
+        self._namespaces: list[tuple[str, str | None, str]] = []
+        #: Server names of the folders listed outside the personal namespace, by path.
+        self._foreign: dict[FolderPath, str] = {}
+        #: True once list_folders has filled _foreign.
+        self._listed = False
         #: UIDs per metadata FETCH; shrinks after a connection lost mid-listing (kept across
         #: reconnects: the same store object reconnects).
         self._meta_batch = META_BATCH
@@ -343,6 +355,7 @@ class ImapStore(Source, Target):
             ("capabilities", " ".join(notable) or "-"),
             ("missing", " ".join(c for c in self.NOTABLE[:5] if c not in notable) or "-"),
             ("delimiter", self.delimiter or "-"),
+            ("personal namespace", repr(self.prefix) if self.prefix else "no prefix"),
             ("folders", str(len(self.list_folders()))),
         ]
 
@@ -350,9 +363,35 @@ class ImapStore(Source, Target):
         limit = next((c for c in self._caps if c.startswith("APPENDLIMIT=")), None)
         if limit and limit.split("=", 1)[1].isdigit():
             self.max_message_size = int(limit.split("=", 1)[1])
-        with self._talk("LIST"):
-            listing = self._c.list_folders("", "")
-        delim = listing[0][1] if listing else None
+        self.prefix, self._namespaces = "", []
+        delim: Any = None
+        spaces = None
+        if "NAMESPACE" in self._caps:
+            try:
+                with self._talk("NAMESPACE"):
+                    spaces = self._c.namespace()
+            except StoreError as exc:
+                if exc.transient:
+                    raise
+                # Refused or unreadable: take the server as one without namespaces (no prefix).
+                _PROTOCOL_LOG.debug("NAMESPACE refused: %s", exc)
+        if spaces is not None:
+            for kind, entries in (
+                ("personal", spaces.personal),
+                ("other", spaces.other),
+                ("shared", spaces.shared),
+            ):
+                for prefix, sep in entries or ():
+                    prefix = prefix.decode() if isinstance(prefix, bytes) else str(prefix)
+                    sep = sep.decode() if isinstance(sep, bytes) else sep
+                    if kind != "personal":
+                        self._namespaces.append((prefix, sep, kind))
+                    elif delim is None:  # the first personal namespace is the user's own
+                        self.prefix, delim = prefix, sep
+        if delim is None:
+            with self._talk("LIST"):
+                listing = self._c.list_folders("", "")
+            delim = listing[0][1] if listing else None
         self.delimiter = delim.decode() if isinstance(delim, bytes) else delim
 
     @property
@@ -393,9 +432,46 @@ class ImapStore(Source, Target):
     # -- folders ----------------------------------------------------------------------------
 
     def _name(self, path: FolderPath) -> str:
+        """The server's name for a path: a folder listed in another user's or a shared
+        namespace by its listed name, any other under the personal namespace's prefix."""
+        if (
+            path not in self._foreign
+            and self._namespaces
+            and not self._listed
+            and path[0] in NAMESPACE_FOLDERS.values()
+        ):
+            # A worker's own connection that never listed: learn the listed names first.
+            self.list_folders()
+        return self._foreign.get(path) or self._own_name(path)
+
+    def _own_name(self, path: FolderPath) -> str:
+        """The server's name for a path in the personal namespace (where a target writes)."""
+        if path == INBOX:
+            return "INBOX"
         if len(path) > 1 and not self.delimiter:
             raise FolderError(f"{self.label}: the server has no folder hierarchy")
-        return (self.delimiter or "/").join(path)
+        return self.prefix + (self.delimiter or "/").join(path)
+
+    def _place(self, name: str, delimiter: str | None) -> tuple[FolderPath, str | None] | None:
+        """A listed name's path and namespace (None: personal), relative to the namespace its
+        prefix names (the longest that matches; the personal one on a tie); None for a
+        namespace's own root."""
+        if name.upper() == "INBOX":
+            return INBOX, None
+        kind: str | None = None
+        prefix = self.prefix if name.startswith(self.prefix) else None
+        for other, sep, what in self._namespaces:
+            if name.startswith(other) and (prefix is None or len(other) > len(prefix)):
+                prefix, kind, delimiter = other, what, sep or delimiter
+        if prefix is None:  # outside every namespace the server named: take it as the user's
+            prefix = ""
+        rest = name[len(prefix) :]
+        if not rest:
+            return None
+        if kind is None:
+            return self._path(rest, delimiter), None
+        levels = tuple(rest.split(delimiter)) if delimiter else (rest,)
+        return (NAMESPACE_FOLDERS[kind], *levels), kind
 
     def _path(self, name: str, delimiter: str | None) -> FolderPath:
         levels = tuple(name.split(delimiter)) if delimiter else (name,)
@@ -414,6 +490,10 @@ class ImapStore(Source, Target):
             else:
                 listing = self._c.list_folders()
         folders: list[Folder] = []
+        own: set[FolderPath] = set()
+        self._foreign = {}
+        # The user's own folders first, so that a shared one never takes a personal one's path.
+        listing = sorted(listing, key=lambda entry: self._is_foreign(entry[2]))
         for flags, delim, name in listing:
             flagset = {f.decode() if isinstance(f, bytes) else f for f in flags}
             lowered = {f.lower() for f in flagset}
@@ -424,16 +504,56 @@ class ImapStore(Source, Target):
             if isinstance(name, bytes):
                 name = name.decode("utf-8", "replace")
             use = next((u for u in SPECIAL_USES if u.lower() in lowered), None)
-            path = self._path(name, delim)
-            folders.append(Folder(path, use, selectable="\\noselect" not in lowered))
-        self._existing = {f.path for f in folders}
-        return folders
+            placed = self._place(name, delim)
+            if placed is None:
+                continue
+            path, namespace = placed
+            if namespace is not None:
+                if path in own:  # a personal folder of that name comes first
+                    continue
+                self._foreign[path] = name
+            else:
+                own.add(path)
+            selectable = "\\noselect" not in lowered
+            folders.append(Folder(path, use, selectable=selectable, namespace=namespace))
+        # Only the user's own folders count as there for a target: it writes nowhere else.
+        self._existing = {f.path for f in folders if f.namespace is None}
+        self._listed = True
+        return [self._readable(f) for f in folders]
+
+    def _readable(self, folder: Folder) -> Folder:
+        """Another user's or a shared folder that this user may not read (no 'r' right, RFC
+        4314) is only a container here: Cyrus lists such parents ("shared" above "shared.ro")
+        without \\Noselect, and SELECT then says it does not exist."""
+        if folder.namespace is None or not folder.selectable:
+            return folder
+        rights = self._myrights(self._foreign[folder.path])
+        if rights is None or "r" in rights:
+            return folder
+        return replace(folder, selectable=False)
+
+    def _is_foreign(self, name: Any) -> bool:
+        text = name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
+        placed = self._place(text, self.delimiter)
+        return placed is not None and placed[1] is not None
 
     def _select(self, path: FolderPath, readonly: bool) -> dict[bytes, Any]:
         name = self._name(path)
         with self._talk(f"SELECT {name!r}"):
             try:
                 info = self._c.select_folder(name, readonly=readonly)
+            except imaplib.IMAP4.readonly:
+                # Opened, but [READ-ONLY] for this user (RFC 4314 rights): nothing here may be
+                # changed. A per-folder failure, not a lost connection (imaplib's class says so).
+                self._selected = None
+                # imaplib refuses every later command while this answer is kept (it took the
+                # folder for one that turned read-only under it): it was expected here.
+                self._c._imap.untagged_responses.pop("READ-ONLY", None)
+                raise FolderError(
+                    f"{self.label}: folder {name!r} is read-only for this user "
+                    f"(the server said [READ-ONLY]{self._rights_note(name)}); "
+                    "nothing was changed there"
+                ) from None
             except (imaplib.IMAP4.error, IMAPClientError) as exc:
                 if isinstance(exc, imaplib.IMAP4.abort):
                     raise
@@ -442,6 +562,26 @@ class ImapStore(Source, Target):
                 ) from None
         self._selected = (name, readonly)
         return info  # type: ignore[no-any-return]
+
+    def _myrights(self, name: str) -> str | None:
+        """The user's rights on a folder (RFC 4314 MYRIGHTS: "lrswipkxtecda"); "" when the
+        server refuses to say (no rights there, or no such folder); None when it has no ACL
+        extension or the answer is unreadable."""
+        if "ACL" not in self._caps:
+            return None
+        try:
+            typ, data = self._c._imap.myrights(self._c._normalise_folder(name))
+        except (imaplib.IMAP4.error, IMAPClientError, OSError):
+            return None
+        if typ != "OK":
+            return ""
+        words = _text(data).split()
+        return words[-1] if len(words) >= 2 else None
+
+    def _rights_note(self, name: str) -> str:
+        """ "; the user's rights there are 'lr'", when the server says."""
+        rights = self._myrights(name)
+        return f"; the user's rights there are {rights!r}" if rights else ""
 
     def _ensure_selected(self, path: FolderPath, readonly: bool) -> None:
         name = self._name(path)
@@ -651,25 +791,40 @@ class ImapStore(Source, Target):
             )
         self._ensure_selected(path, readonly=False)
         uids = [self._uid(path, i) for i in ids]
-        with self._talk("UID STORE/EXPUNGE"):
-            for start in range(0, len(uids), META_BATCH):
-                chunk = uid_set(uids[start : start + META_BATCH])
-                self._c.add_flags(chunk, [b"\\Deleted"], silent=True)
-                self._c.uid_expunge(chunk)
+        try:
+            with self._talk("UID STORE/EXPUNGE"):
+                for start in range(0, len(uids), META_BATCH):
+                    chunk = uid_set(uids[start : start + META_BATCH])
+                    self._c.add_flags(chunk, [b"\\Deleted"], silent=True)
+                    self._c.uid_expunge(chunk)
+        except StoreError as exc:
+            if exc.transient:
+                raise
+            # Refused (no 't' or 'e' right, RFC 4314): this folder keeps its copied messages;
+            # the others go on.
+            name = self._name(path)
+            raise FolderError(
+                f"{exc}{self._rights_note(name)}; the copied messages stay in {name!r}"
+            ) from None
 
     # -- target -----------------------------------------------------------------------------
 
-    def ensure_folder(self, path: FolderPath) -> None:
+    def ensure_folder(self, path: FolderPath, special_use: str | None = None) -> None:
         if not self._existing:
             self.list_folders()
         for depth in range(1, len(path) + 1):
             sub = path[:depth]
             if sub in self._existing or sub == INBOX:
                 continue
-            name = self._name(sub)
+            name = self._own_name(sub)
             with self._talk(f"CREATE {name!r}"):
                 try:
-                    self._c.create_folder(name)
+                    if not (
+                        depth == len(path)
+                        and special_use
+                        and self._create_special(name, special_use)
+                    ):
+                        self._c.create_folder(name)
                 except (imaplib.IMAP4.error, IMAPClientError) as exc:
                     if isinstance(exc, imaplib.IMAP4.abort):
                         raise
@@ -678,8 +833,35 @@ class ImapStore(Source, Target):
                         raise FolderError(
                             f"{self.label}: cannot create folder {name!r}: {_text(str(exc))}"
                         ) from None
-                self._c.subscribe_folder(name)
+                try:
+                    self._c.subscribe_folder(name)
+                except (imaplib.IMAP4.error, IMAPClientError) as exc:
+                    if isinstance(exc, imaplib.IMAP4.abort):
+                        raise
+                    # A subscription is a convenience for mail clients; a server that fails
+                    # it (Cyrus under concurrent SUBSCRIBEs: "System I/O error") still has the
+                    # folder, and the mail must go on.
+                    _PROTOCOL_LOG.debug("SUBSCRIBE %r refused: %s", name, _text(str(exc)))
             self._existing.add(sub)
+        if path not in self._insertable:
+            name = self._own_name(path)
+            rights = self._myrights(name)
+            if rights and "i" not in rights:
+                # Every APPEND would be refused: one folder failure, not one per message.
+                raise FolderError(
+                    f"{self.label}: cannot add messages to folder {name!r}: the user's rights "
+                    f"there are {rights!r} (RFC 4314: appending needs 'i')"
+                )
+            self._insertable.add(path)
+
+    def _create_special(self, name: str, use: str) -> bool:
+        """CREATE name (USE (\\Sent)) where the server offers CREATE-SPECIAL-USE (RFC 6154);
+        False when it does not, or refuses the attribute, for a plain CREATE instead."""
+        if "CREATE-SPECIAL-USE" not in self._caps:
+            return False
+        imap = self._c._imap
+        typ, _ = imap._simple_command("CREATE", self._c._normalise_folder(name), f"(USE ({use}))")
+        return typ == "OK"
 
     def index(self, path: FolderPath) -> Iterable[str]:
         if not self._existing:
@@ -722,7 +904,7 @@ class ImapStore(Source, Target):
     ) -> list[AppendResult]:
         if not items:
             return []
-        name = self._name(path)
+        name = self._own_name(path)
         if len(items) > 1 and "MULTIAPPEND" in self._caps:
             with self._talk(f"APPEND to {name!r}"):
                 typ, data = self._multiappend(name, items)

@@ -42,8 +42,9 @@ _SPECIAL_NAMES = {
 
 
 def special_use_by_name(path: FolderPath) -> str | None:
-    """The special use a local folder has by its usual name, at the top or under INBOX."""
-    if len(path) == 1 or (len(path) == 2 and path[0] == "INBOX"):
+    """The special use a local folder has by its usual name, at the top level only (an
+    ``INBOX/Archive`` is a folder of the inbox, not the archive: see folders.special_use)."""
+    if len(path) == 1:
         name = path[-1].strip().lower()
         for use, names in _SPECIAL_NAMES.items():
             if name in names:

@@ -319,7 +319,7 @@ class MaildirStore(Source, Target):
 
     # -- writing ---------------------------------------------------------------------------
 
-    def ensure_folder(self, path: FolderPath) -> None:
+    def ensure_folder(self, path: FolderPath, special_use: str | None = None) -> None:
         folder = self._dir(path)
         try:
             for directory in (self.path, folder):

@@ -782,7 +782,7 @@ class MboxStore(Source, Target):
 
     # -- writing ---------------------------------------------------------------------------
 
-    def ensure_folder(self, path: FolderPath) -> None:
+    def ensure_folder(self, path: FolderPath, special_use: str | None = None) -> None:
         file = self._file(path)
         if file.exists():
             return

@@ -6,6 +6,11 @@
 * ``tls_files`` (session): a CA and a certificate for localhost/127.0.0.1.
 * ``dovecot_source`` (session): separator '/', maildir.
 * ``dovecot_target`` (session): separator '.', maildir.
+* ``dovecot_prefixed`` (session): personal namespace ``prefix = INBOX.``, separator '.' (cPanel,
+  Courier and many ISPs serve mail this way).
+* ``cyrus_standard`` / ``cyrus_alt`` (session): Cyrus IMAP 3.6 (tests/cyrus.py) with
+  ``altnamespace: no`` (Debian's default: ``INBOX.`` and '.') and ``altnamespace: yes`` ('' and
+  '/'). Without Cyrus's pieces these FAIL too: ``bash tests/run.sh`` installs them.
 * ``account(server)`` (function): a fresh user with a random password on *server*, e.g.
   ``src = account(dovecot_source)``; ``src.client()`` is a logged-in IMAPClient (logged out at
   teardown), ``src.url("imaps")`` an endpoint for the CLI.
@@ -34,6 +39,7 @@ _REPO = Path(__file__).resolve().parents[2]
 if str(_REPO) not in sys.path:
     sys.path.insert(0, str(_REPO))
 
+from tests.cyrus import CyrusServer, CyrusUnavailable, check_cyrus  # noqa: E402
 from tests.dovecot import (  # noqa: E402
     DovecotServer,
     DovecotUnavailable,
@@ -58,7 +64,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
     report = yield
     if report.failed:
         for name, value in getattr(item, "funcargs", {}).items():
-            if isinstance(value, DovecotServer):
+            if isinstance(value, DovecotServer | CyrusServer):
                 tail = "\n".join(value.log_text().splitlines()[-40:])
                 report.sections.append((f"Dovecot log: {name} ({value.log_path})", tail))
     return report
@@ -122,16 +128,72 @@ def dovecot_target(dovecot_root: Path, tls_files: TlsFiles) -> Iterator[DovecotS
     yield from _server(dovecot_root / "target", ".", tls_files)
 
 
+@pytest.fixture(scope="session")
+def dovecot_prefixed(dovecot_root: Path, tls_files: TlsFiles) -> Iterator[DovecotServer]:
+    _require_dovecot()
+    server = DovecotServer(dovecot_root / "prefixed", separator=".", prefix="INBOX.", tls=tls_files)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+def _cyrus(root: Path, tls: TlsFiles, altnamespace: bool) -> Iterator[CyrusServer]:
+    problem = None
+    try:
+        check_cyrus()
+    except CyrusUnavailable as e:
+        problem = str(e)
+    if problem is not None:
+        pytest.fail(f"{problem}\nThe server matrix needs a real Cyrus IMAP.", pytrace=False)
+    server = CyrusServer(root, tls=tls, altnamespace=altnamespace)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def cyrus_standard(dovecot_root: Path, tls_files: TlsFiles) -> Iterator[CyrusServer]:
+    """Cyrus as Debian configures it: altnamespace no, personal prefix INBOX., separator '.'."""
+    yield from _cyrus(dovecot_root / "cyrus-standard", tls_files, False)
+
+
+@pytest.fixture(scope="session")
+def cyrus_alt(dovecot_root: Path, tls_files: TlsFiles) -> Iterator[CyrusServer]:
+    """Cyrus as upstream configures it: altnamespace yes, no prefix, separator '/'."""
+    yield from _cyrus(dovecot_root / "cyrus-alt", tls_files, True)
+
+
 @dataclass
 class Account:
     user: str
     password: str
-    server: DovecotServer
+    server: DovecotServer | CyrusServer
     _clients: list[Any] = field(default_factory=list, repr=False)
 
     @property
     def separator(self) -> str:
         return self.server.separator
+
+    @property
+    def prefix(self) -> str:
+        """The personal namespace prefix ("" or "INBOX.")."""
+        return self.server.prefix
+
+    def seed(self, msgs: Any) -> None:
+        """tests.corpus.seed_imap in this account, under its personal namespace."""
+        from tests.corpus import seed_imap
+
+        seed_imap(self.client(), msgs, self.separator, prefix=self.prefix)
+
+    def snapshot(self, **kwargs: Any) -> Any:
+        """tests.corpus.snapshot_imap of this account's personal namespace."""
+        from tests.corpus import snapshot_imap
+
+        return snapshot_imap(self.client(), prefix=self.prefix, **kwargs)
 
     def client(self, **kwargs: Any) -> Any:
         """A logged-in IMAPClient over imaps (CA verified); logged out at teardown."""
@@ -165,7 +227,9 @@ def account() -> Iterator[Callable[..., Account]]:
     """Factory: ``account(server, *, mail=None, prefix="u")`` -> a new user on *server*."""
     made: list[Account] = []
 
-    def make(server: DovecotServer, *, mail: str | None = None, prefix: str = "u") -> Account:
+    def make(
+        server: DovecotServer | CyrusServer, *, mail: str | None = None, prefix: str = "u"
+    ) -> Account:
         user = f"{prefix}{secrets.token_hex(6)}"
         password = secrets.token_urlsafe(12)
         server.add_user(user, password, mail=mail)

@@ -115,7 +115,7 @@ class MemoryStore(Source, Target):
         box.messages = [m for m in box.messages if str(m.uid) not in gone]
 
     # Target
-    def ensure_folder(self, path: FolderPath) -> None:
+    def ensure_folder(self, path: FolderPath, special_use: str | None = None) -> None:
         self.boxes.setdefault(path, Mailbox())
 
     def index(self, path: FolderPath) -> list[str]:

@@ -54,9 +54,74 @@ def test_special_use_without_a_target_folder_gets_the_canonical_name():
     }
 
 
-def test_usual_names_only_at_top_or_under_inbox():
-    assert special_use(Folder(("INBOX", "Sent"))) == "\\Sent"
+def test_usual_names_only_at_the_personal_namespace_top():
+    """A server's INBOX.Sent under prefix INBOX. reaches here as ("Sent",) (the store strips
+    the prefix); a folder of the inbox named like one, or another user's, is no special folder."""
+    assert special_use(Folder(("Sent",))) == "\\Sent"
+    assert special_use(Folder(("INBOX", "Sent"))) is None
     assert special_use(Folder(("Projects", "Sent"))) is None
+    assert special_use(Folder(("Other Users", "bob", "Sent"), namespace="other")) is None
+    assert special_use(Folder(("Shared Folders", "Trash"), "\\Trash", namespace="shared")) is None
+
+
+def test_inbox_archive_is_never_taken_for_the_archive():
+    """The issue's case: an mbox tree with Archive.mbox and INBOX/Archive/2023.mbox; a rerun
+    copied Archive's messages into INBOX/Archive when the LIST order put it first."""
+    src = [Folder(("Archive",)), Folder(("INBOX", "Archive")), Folder(("INBOX", "Archive", "2023"))]
+    dst = [Folder(("INBOX", "Archive")), Folder(("INBOX", "Archive", "2023")), Folder(("Archive",))]
+    for target in (dst, dst[::-1]):
+        assert names(FolderMap().plan(src, target, "/")) == {
+            "Archive": "Archive",
+            "INBOX/Archive": "INBOX/Archive",
+            "INBOX/Archive/2023": "INBOX/Archive/2023",
+        }
+
+
+@given(
+    st.permutations(
+        [
+            Folder(("Papierkorb",)),
+            Folder(("Trash",)),
+            Folder(("Deleted Items",), "\\Trash"),
+            Folder(("Bin",)),
+        ]
+    )
+)
+def test_target_special_use_folder_is_the_same_whatever_the_listing_order(target):
+    """A flagged folder wins over a named one; among named ones, the first by name."""
+    [plan] = FolderMap().plan([Folder(("Trash",))], target, "/")
+    assert plan.target == ("Deleted Items",)
+    [plan] = FolderMap().plan([Folder(("Trash",))], [f for f in target if not f.special_use], "/")
+    assert plan.target == ("Bin",)
+
+
+def test_plan_carries_the_special_use_for_the_target_to_create():
+    plans = FolderMap().plan(
+        [Folder(("Sent Items",)), Folder(("Trash",)), Folder(("Lists",))], [], "."
+    )
+    assert {p.target_name: p.special_use for p in plans} == {
+        "Sent": "\\Sent",
+        "Trash": "\\Trash",
+        "Lists": None,
+    }
+
+
+def test_other_namespaces_are_left_out_unless_asked_and_reported():
+    src = [
+        Folder(("INBOX",)),
+        Folder(("Shared Folders", "team", "ro"), namespace="shared"),
+        Folder(("Other Users", "bob", "Sent"), namespace="other"),
+    ]
+    fm = FolderMap()
+    assert names(fm.plan(src, [], ".")) == {"INBOX": "INBOX"}
+    assert [f.path for f in fm.left_out(src)] == [src[1].path, src[2].path]
+    fm = FolderMap(include_shared=True)
+    assert names(fm.plan(src, [], ".")) == {
+        "INBOX": "INBOX",
+        "Shared Folders/team/ro": "Shared Folders/team/ro",
+        "Other Users/bob/Sent": "Other Users/bob/Sent",
+    }
+    assert fm.left_out(src) == []
 
 
 def test_include_exclude_globs():

@@ -269,3 +269,66 @@ def test_an_imaplib_refusal_is_shown_in_the_servers_words():
     said = "LOGIN command error: NO [b'[AUTHENTICATIONFAILED] Authentication failed.']"
     assert _text(said) == "NO [AUTHENTICATIONFAILED] Authentication failed."
     assert _text("STARTTLS command error: BAD [b'what']") == "BAD what"
+
+
+def _store_with(prefix, delimiter, namespaces):
+    from migrator.stores.base import ServerAccess
+    from migrator.stores.imap import ImapStore
+
+    store = ImapStore(ServerAccess("h", 1, "u", "none", None, lambda: "x"))
+    store.prefix, store.delimiter, store._namespaces = prefix, delimiter, namespaces
+    return store
+
+
+CYRUS_STANDARD = ("INBOX.", ".", [("user.", ".", "other"), ("", ".", "shared")])
+CYRUS_ALT = ("", "/", [("Other Users/", "/", "other"), ("Shared Folders/", "/", "shared")])
+DOVECOT_PREFIXED = ("INBOX.", ".", [])
+DOVECOT_PLAIN = ("", "/", [("shared/", "/", "shared")])
+
+
+@pytest.mark.parametrize(
+    ("server", "name", "path", "namespace"),
+    [
+        (CYRUS_STANDARD, "INBOX", ("INBOX",), None),
+        (CYRUS_STANDARD, "INBOX.Archive.2023", ("Archive", "2023"), None),
+        (CYRUS_STANDARD, "INBOX.Reçus", ("Reçus",), None),
+        (CYRUS_STANDARD, "shared.ro", ("Shared Folders", "shared", "ro"), "shared"),
+        (CYRUS_STANDARD, "user.bob.Sent", ("Other Users", "bob", "Sent"), "other"),
+        (CYRUS_ALT, "Archive/2023", ("Archive", "2023"), None),
+        (CYRUS_ALT, "Shared Folders/shared/ro", ("Shared Folders", "shared", "ro"), "shared"),
+        (CYRUS_ALT, "Other Users/bob", ("Other Users", "bob"), "other"),
+        (DOVECOT_PREFIXED, "INBOX.Sent", ("Sent",), None),
+        (DOVECOT_PLAIN, "INBOX/Sent", ("INBOX", "Sent"), None),
+        (DOVECOT_PLAIN, "shared/alice/x", ("Shared Folders", "alice", "x"), "shared"),
+    ],
+)
+def test_listed_names_are_placed_relative_to_their_namespace(server, name, path, namespace):
+    prefix, delimiter, namespaces = server
+    store = _store_with(prefix, delimiter, namespaces)
+    assert store._place(name, delimiter) == (path, namespace)
+    if namespace is None:  # and written back as the server spells it
+        assert store._own_name(path) == name
+
+
+def test_a_namespace_root_is_no_folder():
+    store = _store_with(*CYRUS_ALT)
+    assert store._place("Shared Folders/", "/") is None
+
+
+def test_a_refused_namespace_leaves_no_prefix_and_the_listed_delimiter():
+    """A server that offers NAMESPACE but refuses it (or answers garbage) is taken as one
+    without a prefix, its delimiter learnt from LIST, rather than failing the login."""
+    from imapclient.exceptions import IMAPClientError
+
+    class Refusing:
+        def namespace(self):
+            raise IMAPClientError("NAMESPACE command error: BAD [b'Unknown command']")
+
+        def list_folders(self, directory, pattern):
+            return [((b"\\Noselect",), b".", "")]
+
+    store = _store_with("stale.", "/", [("x/", "/", "shared")])
+    store._client = Refusing()
+    store._caps = frozenset({"NAMESPACE"})
+    store._learn_namespace()
+    assert (store.prefix, store.delimiter, store._namespaces) == ("", ".", [])

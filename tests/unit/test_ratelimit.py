@@ -16,6 +16,7 @@ from migrator.ratelimit import (
     ByteBudgets,
     DailyBudget,
     TokenBucket,
+    is_final_refusal,
     is_size_refusal,
     parse_backoff,
     recorded_limit,
@@ -280,3 +281,23 @@ def test_the_login_gate_lets_a_burst_through_then_spaces_logins_per_account():
         logins.append(now[0])
     # never more than 3 in any 60 s
     assert all(b - a >= 60.0 - 1e-9 for a, b in zip(logins, logins[3:], strict=False))
+
+
+@pytest.mark.parametrize(
+    ("reason", "final"),
+    [
+        ("the server said: Message contains invalid header", True),  # Cyrus
+        ("the server said: Message contains NUL characters", True),
+        ("the server said: Message contains non-ASCII characters in headers", True),
+        ("the server said: Over quota", True),  # Cyrus
+        ("the server said: [OVERQUOTA] Quota exceeded (mailbox for user is full)", True),
+        ("the server said: [TOOBIG] Message too large", True),
+        ("the server said: Permission denied", True),  # Cyrus, no i right
+        ("larger than the target accepts (1000 bytes, the target's APPENDLIMIT)", True),
+        ("connection lost during APPEND (socket error: EOF)", False),
+        ("the server asked to wait 2s during APPEND ([UNAVAILABLE] Suggested Backoff Time)", False),
+        ("the message vanished from the source", False),
+    ],
+)
+def test_final_refusals_are_told_from_failures_a_rerun_may_fix(reason, final):
+    assert is_final_refusal(reason) is final
