@@ -29,7 +29,7 @@ from typing import TypeVar
 from migrator.errors import JournalError
 from migrator.model import FolderPath, MessageRef
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -40,6 +40,10 @@ CREATE TABLE IF NOT EXISTS folders (
     reconciled INTEGER NOT NULL DEFAULT 0,
     -- messages the last run selected in the source folder (status: pending = selected - settled)
     selected INTEGER,
+    -- what the last pass changed on messages copied before: flags updated, moved, removed
+    flagged INTEGER NOT NULL DEFAULT 0,
+    moved INTEGER NOT NULL DEFAULT 0,
+    removed INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (src_folder, dst_folder)
 );
 CREATE TABLE IF NOT EXISTS messages (
@@ -55,10 +59,15 @@ CREATE TABLE IF NOT EXISTS messages (
     error TEXT,
     deleted INTEGER NOT NULL DEFAULT 0,
     updated REAL NOT NULL,
+    -- the source's flags as copied or last applied to the target: the common base of the
+    -- three-way comparison (NULL: not known, journals of version 1)
+    flags TEXT,
     PRIMARY KEY (src_folder, validity, src_id, dst_folder)
 );
 CREATE INDEX IF NOT EXISTS messages_by_target ON messages (dst_folder, state);
 CREATE TABLE IF NOT EXISTS targets (dst_folder TEXT PRIMARY KEY, resume_point TEXT);
+-- the target folder chosen for each source folder on first use, kept on later passes
+CREATE TABLE IF NOT EXISTS mapping (src_folder TEXT PRIMARY KEY, dst_folder TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY,
     started REAL NOT NULL,
@@ -203,14 +212,41 @@ class Journal:
     def _migrate(self) -> None:
         self._db.executescript(_SCHEMA)
         row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        if row is None:
-            self._db.execute(
-                "INSERT INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-            )
-        elif int(row[0]) > SCHEMA_VERSION:
+        if row is not None and int(row[0]) > SCHEMA_VERSION:
             raise JournalError(
                 f"the journal {self.path} was written by a newer migrator; upgrade migrator"
             )
+        if row is not None and int(row[0]) == SCHEMA_VERSION:
+            return
+        # One transaction: a crash in the middle leaves the journal as it was.
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            if row is not None and int(row[0]) < 2:
+                self._to_version_2()
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _to_version_2(self) -> None:
+        """Version 1 kept no folder mapping: each source folder keeps the target folder that holds
+        most of what was copied from it (two, after the special-use match changed, on Cyrus)."""
+        for table, column in (
+            ("messages", "flags TEXT"),
+            ("folders", "flagged INTEGER NOT NULL DEFAULT 0"),
+            ("folders", "moved INTEGER NOT NULL DEFAULT 0"),
+            ("folders", "removed INTEGER NOT NULL DEFAULT 0"),
+        ):
+            self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+        self._db.execute(
+            "INSERT OR IGNORE INTO mapping(src_folder, dst_folder) "
+            "SELECT src_folder, dst_folder FROM messages WHERE state IN ('done', 'skipped') "
+            "GROUP BY src_folder, dst_folder ORDER BY count(*) DESC"
+        )
 
     def close(self) -> None:
         with self._mutex:
@@ -301,6 +337,20 @@ class Journal:
                 (s, validity, d),
             ).fetchone()
             return pending is None
+
+    def folder_targets(self) -> dict[FolderPath, FolderPath]:
+        """Source folder -> the target folder recorded for it on first use."""
+        rows = self._query("SELECT src_folder, dst_folder FROM mapping")
+        return {folder_path(s): folder_path(d) for s, d in rows}
+
+    def record_targets(self, pairs: Iterable[tuple[FolderPath, FolderPath]]) -> None:
+        """Record (or, for a mapping the user changed with --map, replace) each source folder's
+        target folder."""
+        with self._tx() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO mapping(src_folder, dst_folder) VALUES (?, ?)",
+                [(folder_text(s), folder_text(d)) for s, d in pairs],
+            )
 
     def set_selected(self, src: FolderPath, dst: FolderPath, count: int) -> None:
         with self._tx() as db:

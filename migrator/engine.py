@@ -295,6 +295,8 @@ class _Helpable:
     writers: int = 0
 
 
+#: FolderPlan notes of a target folder the user chose (a new choice replaces the recorded one).
+USER_MAPPINGS = ("--map", "--into", "--to-folder")
 #: The first append of a worker (it grows from there, see _Pace).
 FIRST_APPEND_BYTES = 256 * 1024
 #: Bytes a second assumed for a target whose rate was never measured (Engine._reconcile).
@@ -357,6 +359,7 @@ class Engine:
             source.close()
             target.close()
             raise
+        plans = self._keep_targets(plans)
         # Room for a group of batches waiting for the writer and one being fetched, per worker.
         self._group = max(1, target.commit_group)
         workers = max(1, self.options.workers)
@@ -412,6 +415,24 @@ class Engine:
             notices=self._notices,
             stopped=self._stopped,
         )
+
+    def _keep_targets(self, plans: list[FolderPlan]) -> list[FolderPlan]:
+        """Each source folder goes where it went on the first pass: a special-use folder that
+        appeared in the target since, or a child folder named like one, never sends the same
+        messages to a second folder. Only the user's own --map, --into or --to-folder moves it."""
+        recorded = self.journal.folder_targets()
+        kept: list[FolderPlan] = []
+        chosen: list[tuple[FolderPath, FolderPath]] = []
+        for plan in plans:
+            before = recorded.get(plan.source.path)
+            if before is None or (plan.note in USER_MAPPINGS and before != plan.target):
+                chosen.append((plan.source.path, plan.target))
+            elif before != plan.target:
+                plan = replace(plan, target=before, note="kept from the first pass")
+            kept.append(plan)
+        if chosen:
+            self.journal.record_targets(chosen)
+        return kept
 
     def _worker(
         self,
