@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from migrator.errors import JournalError
-from migrator.model import FolderPath, MessageRef
+from migrator.model import UNCOPIED_FLAGS, FolderPath, MessageRef
 
 SCHEMA_VERSION = 2
 
@@ -117,6 +117,28 @@ def folder_text(path: FolderPath) -> str:
 
 def folder_path(text: str) -> FolderPath:
     return tuple(json.loads(text))
+
+
+def flags_text(flags: Iterable[str]) -> str:
+    """Flags as the journal keeps them: sorted, space-separated (IMAP flags hold no space)."""
+    return " ".join(sorted(set(flags) - UNCOPIED_FLAGS))
+
+
+def parse_flags_text(text: str | None) -> frozenset[str] | None:
+    return None if text is None else frozenset(text.split())
+
+
+@dataclass(frozen=True)
+class Copied:
+    """A message the journal says the target holds: copied by this job ('done') or found there
+    ('skipped'), with the flags last applied to the target (None: not known)."""
+
+    src_id: str
+    dst_id: str | None
+    key: str
+    size: int
+    flags: frozenset[str] | None
+    state: str
 
 
 @dataclass(frozen=True)
@@ -398,9 +420,9 @@ class Journal:
             _insert_rows(
                 db,
                 "INSERT OR REPLACE INTO messages(src_folder, validity, src_id, dst_folder, key, "
-                "size, state, updated)",
-                "(?, ?, ?, ?, ?, ?, 'skipped', ?)",
-                [(s, validity, r.id, d, r.key, r.size, now) for r in present],
+                "size, state, updated, flags)",
+                "(?, ?, ?, ?, ?, ?, 'skipped', ?, ?)",
+                [(s, validity, r.id, d, r.key, r.size, now, flags_text(r.flags)) for r in present],
             )
             db.execute(
                 "UPDATE folders SET reconciled=1 "
@@ -427,11 +449,11 @@ class Journal:
             _insert_rows(
                 db,
                 "INSERT INTO messages(src_folder, validity, src_id, dst_folder, key, size, state, "
-                "updated)",
-                "(?, ?, ?, ?, ?, ?, 'pending', ?)",
-                [(s, validity, r.id, d, r.key, r.size, now) for r in refs],
+                "updated, flags)",
+                "(?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
+                [(s, validity, r.id, d, r.key, r.size, now, flags_text(r.flags)) for r in refs],
                 "ON CONFLICT DO UPDATE SET state='pending', key=excluded.key, "
-                "size=excluded.size, updated=excluded.updated",
+                "size=excluded.size, updated=excluded.updated, flags=excluded.flags",
             )
 
     def record(self, answers: Commit) -> None:
@@ -450,11 +472,14 @@ class Journal:
         _insert_rows(
             db,
             "INSERT INTO messages(src_folder, validity, src_id, dst_folder, key, size, state, "
-            "dst_id, updated)",
-            "(?, ?, ?, ?, ?, ?, 'done', ?, ?)",
-            [(s, validity, r.id, d, r.key, r.size, dst_id, now) for r, dst_id in done],
+            "dst_id, updated, flags)",
+            "(?, ?, ?, ?, ?, ?, 'done', ?, ?, ?)",
+            [
+                (s, validity, r.id, d, r.key, r.size, dst_id, now, flags_text(r.flags))
+                for r, dst_id in done
+            ],
             "ON CONFLICT DO UPDATE SET state='done', dst_id=excluded.dst_id, error=NULL, "
-            "updated=excluded.updated",
+            "updated=excluded.updated, flags=excluded.flags",
         )
         _insert_rows(
             db,
@@ -519,6 +544,78 @@ class Journal:
                     f"AND src_id IN ({', '.join('?' * len(piece))})",
                     [s, validity, *piece],
                 )
+
+    # -- later passes ----------------------------------------------------------------------
+
+    def copied(self, src: FolderPath, validity: str, dst: FolderPath) -> list[Copied]:
+        """The messages of this source folder (under ``validity``) that the target holds."""
+        rows = self._query(
+            "SELECT src_id, dst_id, key, size, flags, state FROM messages WHERE src_folder=? "
+            "AND validity=? AND dst_folder=? AND state IN ('done', 'skipped')",
+            (folder_text(src), validity, folder_text(dst)),
+        )
+        return [Copied(i, t, k, int(n), parse_flags_text(f), st) for i, t, k, n, f, st in rows]
+
+    def set_flags(
+        self,
+        src: FolderPath,
+        validity: str,
+        dst: FolderPath,
+        flags: Sequence[tuple[str, frozenset[str]]],
+        ids: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        """The new common base (source id -> flags now on both sides), and target ids found by
+        key for copies whose append did not tell them (source id -> target id)."""
+        s, d = folder_text(src), folder_text(dst)
+        with self._tx() as db:
+            db.executemany(
+                "UPDATE messages SET flags=? WHERE src_folder=? AND validity=? AND dst_folder=? "
+                "AND src_id=?",
+                [(flags_text(f), s, validity, d, i) for i, f in flags],
+            )
+            db.executemany(
+                "UPDATE messages SET dst_id=? WHERE src_folder=? AND validity=? AND dst_folder=? "
+                "AND src_id=?",
+                [(t, s, validity, d, i) for i, t in ids],
+            )
+
+    def forget(self, src: FolderPath, validity: str, dst: FolderPath, ids: Sequence[str]) -> None:
+        """Drop the rows of messages removed from the target (or moved out of this folder)."""
+        s, d = folder_text(src), folder_text(dst)
+        with self._tx() as db:
+            for piece in _statements(list(ids)):
+                db.execute(
+                    "DELETE FROM messages WHERE src_folder=? AND validity=? AND dst_folder=? "
+                    f"AND src_id IN ({', '.join('?' * len(piece))})",
+                    [s, validity, d, *piece],
+                )
+
+    def moved(
+        self, src: FolderPath, validity: str, dst: FolderPath, ids: Sequence[str], into: Commit
+    ) -> None:
+        """A move confirmed by the target: the old rows go and the new folder's rows (begun as
+        'pending' before the move) are done, in one transaction."""
+        s, d = folder_text(src), folder_text(dst)
+        with self._tx() as db:
+            for piece in _statements(list(ids)):
+                db.execute(
+                    "DELETE FROM messages WHERE src_folder=? AND validity=? AND dst_folder=? "
+                    f"AND src_id IN ({', '.join('?' * len(piece))})",
+                    [s, validity, d, *piece],
+                )
+            self._record(db, into, time.time())
+
+    def set_changes(self, src: FolderPath, dst: FolderPath, **counts: int) -> None:
+        """What this pass changed in the folder (flagged, moved, removed), for `status`."""
+        assert set(counts) <= {"flagged", "moved", "removed"}
+        if not counts:
+            return
+        with self._tx() as db:
+            db.execute(
+                f"UPDATE folders SET {', '.join(f'{k}=?' for k in counts)} "
+                "WHERE src_folder=? AND dst_folder=?",
+                [*counts.values(), folder_text(src), folder_text(dst)],
+            )
 
     # -- reporting -------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from typing import Protocol, cast
 
 from migrator import heap
 from migrator.checkpoint import Commit, Journal
+from migrator.converge import Converger, FolderChanges
 from migrator.errors import ConnectError, FolderError, MessageError, StoreError
 from migrator.filters import MessageFilter
 from migrator.folders import FolderMap, FolderPlan
@@ -33,7 +34,7 @@ from migrator.ratelimit import (
     size_reason,
 )
 from migrator.rules import MessageRules, loose_key
-from migrator.stores.base import AppendResult, Source, Target
+from migrator.stores.base import AppendResult, FlagChange, Source, Target
 
 
 @dataclass
@@ -66,6 +67,10 @@ class CopyOptions:
     size_limit_origin: str = "the target's profile"
     #: Waits a server may ask for ("Suggested Backoff Time") per folder before the run gives up.
     max_throttles: int = 50
+    #: `sync`: also remove from the target what this job copied and the source no longer holds,
+    #: and move what moved (see migrator.converge); --max-delete lifts the guard up to N a folder.
+    mirror: bool = False
+    max_delete: int | None = None
 
 
 @dataclass
@@ -82,6 +87,10 @@ class FolderStats:
     #: Messages a rule changed (see migrator.rules), and how many times each rule did.
     changed: int = 0
     changes: Counter[str] = field(default_factory=Counter)
+    #: What this pass changed in messages copied before (see migrator.converge).
+    flagged: int = 0
+    moved: int = 0
+    removed: int = 0
 
 
 @dataclass
@@ -168,6 +177,25 @@ class DryRunTarget(Target):
 
     def index(self, path: FolderPath) -> list[str]:
         return list(self.inner.index(path))
+
+    @property
+    def can_update(self) -> bool:  # type: ignore[override]
+        return self.inner.can_update
+
+    def flag_index(self, path: FolderPath) -> dict[str, frozenset[str]]:
+        return self.inner.flag_index(path)
+
+    def ids_by_key(self, path: FolderPath) -> list[tuple[str, str]]:
+        return self.inner.ids_by_key(path)
+
+    def update_flags(self, path: FolderPath, changes: Sequence[FlagChange]) -> None:
+        pass
+
+    def remove(self, path: FolderPath, ids: Sequence[str]) -> None:
+        pass
+
+    def move(self, path: FolderPath, ids: Sequence[str], to: FolderPath) -> list[str | None]:
+        return [None for _ in ids]
 
     def append(
         self, path: FolderPath, items: Sequence[tuple[MessageRef, bytes]]
@@ -338,6 +366,7 @@ class Engine:
         self._helpable: list[_Helpable] = []
         self._busy = 0
         self._helping = threading.Condition()
+        self._converger = Converger(journal, options.dry_run, options.max_delete, self._notice)
 
     def _notice(self, text: str) -> None:
         self._notices.append(text)
@@ -355,11 +384,14 @@ class Engine:
             plans = self.options.folder_map.plan(
                 source.list_folders(), target.list_folders(), target.delimiter
             )
+            plans = self._keep_targets(plans)
+            mirrored: dict[FolderPath, FolderChanges] = {}
+            if self.options.mirror:
+                mirrored = self._converger.mirror(source, target, plans)
         except BaseException:
             source.close()
             target.close()
             raise
-        plans = self._keep_targets(plans)
         # Room for a group of batches waiting for the writer and one being fetched, per worker.
         self._group = max(1, target.commit_group)
         workers = max(1, self.options.workers)
@@ -385,6 +417,10 @@ class Engine:
         for unit in units.values():
             work.put(unit)
         stats = {id(plan): FolderStats(plan) for plan in plans}
+        for plan in plans:
+            if plan.source.path in mirrored:
+                done = mirrored[plan.source.path]
+                stats[id(plan)].moved, stats[id(plan)].removed = done.moved, done.removed
         count = max(1, self.options.workers)
         threads = [
             threading.Thread(
@@ -609,6 +645,8 @@ class Engine:
             self._stream(source, target, plan, validity, refs, stats, pace)
         if budget_cut:
             self.stop.set()  # cleanly: what was streamed is recorded; the summary says why
+        if not self.stop.is_set():
+            stats.flagged = self._converger.follow_flags(source, target, plan, validity)
         if options.delete_source and not options.dry_run and not self.stop.is_set():
             self._delete_confirmed(source, plan, validity, selected_ids or set(), stats)
 

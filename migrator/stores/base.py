@@ -30,6 +30,15 @@ class AppendResult:
         return self.error is None
 
 
+@dataclass(frozen=True)
+class FlagChange:
+    """Flags to add and to remove on a set of target messages: one STORE pair for all of them."""
+
+    add: frozenset[str]
+    remove: frozenset[str]
+    ids: Sequence[str]
+
+
 class Store:
     """What both roles share. ``label`` names the endpoint in messages (never with a secret)."""
 
@@ -88,6 +97,11 @@ class Source(Store):
         """Remove exactly these messages (already confirmed by the target and the journal)."""
         raise NotImplementedError
 
+    def flag_listing(self, path: FolderPath) -> Iterator[tuple[str, frozenset[str]]]:
+        """(id, flags) of every message of an opened folder: what a later pass compares with the
+        flags it copied. Stores override it when flags alone cost less than a full listing."""
+        return ((ref.id, ref.flags) for ref in self.list_messages(path, keys=False))
+
 
 class Target(Store):
     """Where messages go."""
@@ -123,6 +137,35 @@ class Target(Store):
     ) -> list[AppendResult]:
         """Store the messages with their flags and dates, one result per item, in order. A result
         without error means the message is durably in the target."""
+        raise NotImplementedError
+
+    # -- later passes (see SPEC "Passes converge"); a store without them keeps what it holds --
+
+    #: True when the flags of a stored message can be changed (IMAP STORE, a Maildir file's
+    #: name), and stored messages removed and moved (what `sync` needs).
+    can_update: bool = False
+
+    def flag_index(self, path: FolderPath) -> dict[str, frozenset[str]]:
+        """Target id -> flags of every message of the folder (empty when it does not exist), in
+        one listing. Ids are those append() returns; an id absent here is no longer there."""
+        raise NotImplementedError
+
+    def ids_by_key(self, path: FolderPath) -> list[tuple[str, str]]:
+        """(target id, identity key) of every message: for copies whose id the append did not
+        tell (no UIDPLUS). Costs a header read per message; used only for those."""
+        raise NotImplementedError
+
+    def update_flags(self, path: FolderPath, changes: Sequence[FlagChange]) -> None:
+        """Apply each change to its messages, in bulk (never a round trip per message)."""
+        raise NotImplementedError
+
+    def remove(self, path: FolderPath, ids: Sequence[str]) -> None:
+        """Remove exactly these messages and no other (ids gone already are no error)."""
+        raise NotImplementedError
+
+    def move(self, path: FolderPath, ids: Sequence[str], to: FolderPath) -> list[str | None]:
+        """Move these messages (present in ``path``) into ``to`` without uploading them again;
+        their new ids in order (None where the store cannot tell)."""
         raise NotImplementedError
 
     def resume_point(self, path: FolderPath) -> str | None:

@@ -1,0 +1,312 @@
+"""Later passes converge (SPEC "Passes converge"): flags follow the source, and `sync` mirrors
+removals and moves, for the messages this job copied and no others.
+
+The journal is the common base of a three-way comparison: it holds, per copied message, the
+source's flags as last applied to the target. A pass pushes to the target only what changed at the
+source since then, so a flag changed only at the target is kept, and where both changed the source
+wins for the flags it changed. Every change to the target is idempotent or journaled first:
+
+- flags: STORE +FLAGS/-FLAGS of the source's change, then the new base; a crash in between makes
+  the next pass store the same change again (a no-op).
+- removal: the target message is removed, then its row; a crash in between leaves a row whose
+  target id is gone, which the next pass drops (ids are never reused).
+- move: the new folder's row is written 'pending' before the move (the engine's crash rule), and
+  the old row goes with the move's confirmation. After a crash, the old copy is no longer where
+  the journal says, and the pending row makes the copy of the new folder look in the target first
+  (see Engine._reconcile): found there, it is not uploaded again.
+
+Knows no protocol: it talks to the stores through stores.base.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from migrator.checkpoint import Commit, Copied, Journal
+from migrator.errors import ConfigError
+from migrator.folders import FolderPlan
+from migrator.model import UNCOPIED_FLAGS, FolderPath, MessageRef
+from migrator.stores.base import FlagChange, Source, Target
+
+#: `sync` removes up to this many messages from a folder without the half-of-it guard.
+GUARD_MIN_REMOVALS = 5
+
+
+class GuardError(ConfigError):
+    """`sync` would remove more than half of what it copied into a folder."""
+
+
+@dataclass
+class FolderChanges:
+    """What a pass changed in one folder's copies (for the summary and `status`)."""
+
+    flagged: int = 0
+    moved: int = 0
+    removed: int = 0
+    #: For --dry-run: one line per planned move or removal.
+    planned: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Side:
+    """One source folder as the mirror sees it: what the journal says the target holds, and
+    what the source holds now."""
+
+    plan: FolderPlan
+    validity: str
+    rows: list[Copied]
+    now: set[str]
+
+    @property
+    def src(self) -> FolderPath:
+        return self.plan.source.path
+
+    @property
+    def dst(self) -> FolderPath:
+        return self.plan.target
+
+
+class Converger:
+    def __init__(
+        self,
+        journal: Journal,
+        dry_run: bool,
+        max_delete: int | None,
+        notice: Callable[[str], None],
+    ) -> None:
+        self.journal = journal
+        self.dry_run = dry_run
+        self.max_delete = max_delete
+        self.notice = notice
+        #: (source folder, validity) -> id -> flags, listed by mirror() for follow_flags().
+        self._listed: dict[tuple[FolderPath, str], dict[str, frozenset[str]]] = {}
+        #: Target folder -> its ids, listed once by mirror().
+        self._index: dict[FolderPath, set[str]] = {}
+
+    # -- flags ------------------------------------------------------------------------------
+
+    def follow_flags(self, source: Source, target: Target, plan: FolderPlan, validity: str) -> int:
+        """Apply to the target the flag changes made at the source since the last pass, for the
+        messages the journal says the target holds; returns how many messages changed."""
+        if not target.can_update:
+            return 0  # an mbox archive keeps the flags it was written with (README)
+        src, dst = plan.source.path, plan.target
+        rows = self.journal.copied(src, validity, dst)
+        if not rows:
+            return 0
+        current = self._listed.pop((src, validity), None)
+        if current is None:
+            current = dict(source.flag_listing(src))
+        unknown: list[tuple[str, frozenset[str]]] = []
+        changed: list[tuple[Copied, frozenset[str]]] = []
+        for row in rows:
+            now = current.get(row.src_id)
+            if now is None:
+                continue  # gone from the source: sync's business
+            now = now - UNCOPIED_FLAGS
+            if row.flags is None:
+                unknown.append((row.src_id, now))  # journal of version 1: the base starts here
+            elif now != row.flags:
+                changed.append((row, now))
+        if not changed and not unknown:
+            return 0
+        ids, found = self._target_ids(target, dst, [row for row, _ in changed])
+        groups: dict[tuple[frozenset[str], frozenset[str]], list[str]] = defaultdict(list)
+        applied: list[tuple[str, frozenset[str]]] = []
+        for row, now in changed:
+            target_id = ids.get(row.src_id)
+            if target_id is None:
+                continue  # not found in the target: nothing to change there
+            assert row.flags is not None
+            groups[(now - row.flags, row.flags - now)].append(target_id)
+            applied.append((row.src_id, now))
+        if not self.dry_run and groups:
+            target.update_flags(
+                dst, [FlagChange(add, remove, tids) for (add, remove), tids in groups.items()]
+            )
+        self.journal.set_flags(src, validity, dst, applied + unknown, found)
+        self.journal.set_changes(src, dst, flagged=len(applied))
+        return len(applied)
+
+    def _target_ids(
+        self, target: Target, dst: FolderPath, rows: Sequence[Copied]
+    ) -> tuple[dict[str, str], list[tuple[str, str]]]:
+        """Source id -> target id for ``rows``; those the append did not tell are found by their
+        identity key (one listing), and returned apart to be journaled."""
+        ids = {row.src_id: row.dst_id for row in rows if row.dst_id}
+        blind = [row for row in rows if not row.dst_id]
+        found: list[tuple[str, str]] = []
+        if blind:
+            claimed = set(ids.values())
+            by_key: dict[str, list[str]] = defaultdict(list)
+            for target_id, key in target.ids_by_key(dst):
+                if target_id not in claimed:
+                    by_key[key].append(target_id)
+            for row in blind:
+                if by_key.get(row.key):
+                    target_id = by_key[row.key].pop(0)
+                    ids[row.src_id] = target_id
+                    found.append((row.src_id, target_id))
+        return ids, found
+
+    # -- sync: removals and moves ----------------------------------------------------------
+
+    def mirror(
+        self, source: Source, target: Target, plans: Sequence[FolderPlan]
+    ) -> dict[FolderPath, FolderChanges]:
+        """Before the copy: move on the target what moved at the source, and remove what this job
+        copied and the source no longer holds. Refuses (GuardError) before changing anything
+        when a folder would lose more than half of what was copied into it."""
+        if not target.can_update:
+            raise ConfigError(
+                f"{target.label}: sync cannot remove or move messages in this target (an mbox "
+                "archive is append-only); use copy"
+            )
+        sides: list[_Side] = []
+        for plan in plans:
+            state = source.open_folder(plan.source.path)
+            listed = dict(source.flag_listing(plan.source.path))
+            self._listed[(plan.source.path, state.validity)] = listed
+            self.journal.open_folder(plan.source.path, state.validity, plan.target)
+            rows = self.journal.copied(plan.source.path, state.validity, plan.target)
+            sides.append(_Side(plan, state.validity, rows, set(listed)))
+        gone = {
+            id(side): [r for r in side.rows if r.state == "done" and r.src_id not in side.now]
+            for side in sides
+        }
+        changes: dict[FolderPath, FolderChanges] = defaultdict(FolderChanges)
+        if not any(gone.values()):
+            return changes
+        moves = self._find_moves(source, sides, gone)
+        moved_rows = {id(row) for pairs in moves.values() for row, _ in pairs}
+        removals = {
+            id(side): [r for r in gone[id(side)] if id(r) not in moved_rows] for side in sides
+        }
+        self._guard(sides, removals)
+        by_side = {id(side): side for side in sides}
+        for (old, new), pairs in moves.items():
+            self._move(target, by_side[old], by_side[new], pairs, changes)
+        for side in sides:
+            if removals[id(side)]:
+                self._remove(target, side, removals[id(side)], changes)
+        if not self.dry_run:
+            for side in sides:
+                counts = changes.get(side.src)
+                if counts is not None:
+                    self.journal.set_changes(
+                        side.src, side.dst, moved=counts.moved, removed=counts.removed
+                    )
+        return changes
+
+    def _find_moves(
+        self, source: Source, sides: list[_Side], gone: dict[int, list[Copied]]
+    ) -> dict[tuple[int, int], list[tuple[Copied, MessageRef]]]:
+        """Messages gone from one source folder that appeared in another (or again in the same
+        one), recognised by the identity key the journal stores: (old side, new side) ->
+        (old row, new source message)."""
+        waiting: dict[str, list[tuple[int, Copied]]] = defaultdict(list)
+        for side in sides:
+            for row in gone[id(side)]:
+                waiting[row.key].append((id(side), row))
+        moves: dict[tuple[int, int], list[tuple[Copied, MessageRef]]] = defaultdict(list)
+        for side in sides:
+            known = {r.src_id for r in side.rows}
+            if not side.now - known:
+                continue
+            for ref in source.list_messages(side.src, skip=known, keys=True):
+                candidates = waiting.get(ref.key)
+                if candidates:
+                    old, row = candidates.pop(0)
+                    moves[(old, id(side))].append((row, ref))
+        return moves
+
+    def _guard(self, sides: list[_Side], removals: dict[int, list[Copied]]) -> None:
+        refused = []
+        for side in sides:
+            count = len(removals[id(side)])
+            copied = sum(1 for r in side.rows if r.state == "done")
+            allowed = self.max_delete is not None and count <= self.max_delete
+            if count > GUARD_MIN_REMOVALS and 2 * count > copied and not allowed:
+                refused.append(f"{side.plan.source_name} ({count} of {copied})")
+        if refused:
+            raise GuardError(
+                f"sync refused to remove more than half of the messages it copied into "
+                f"{', '.join(refused)}: the source may be misconfigured. Nothing was removed or "
+                "moved. If this is right, rerun with --max-delete N (N at least the number "
+                "to remove)"
+            )
+
+    def _present(self, target: Target, side: _Side, rows: Sequence[Copied]) -> dict[str, str]:
+        """Source id -> target id of the rows whose copy is still in the target folder."""
+        ids, found = self._target_ids(target, side.dst, rows)
+        if found and not self.dry_run:
+            self.journal.set_flags(side.src, side.validity, side.dst, [], found)
+        there = self._index.get(side.dst)
+        if there is None:
+            there = self._index[side.dst] = set(target.flag_index(side.dst))
+        return {src_id: tid for src_id, tid in ids.items() if tid in there}
+
+    def _move(
+        self,
+        target: Target,
+        old: _Side,
+        new: _Side,
+        pairs: list[tuple[Copied, MessageRef]],
+        changes: dict[FolderPath, FolderChanges],
+    ) -> None:
+        present = self._present(target, old, [row for row, _ in pairs])
+        counts = changes[new.src]
+        counts.moved += len(pairs)
+        line = f"move {len(pairs)} message(s) from {old.plan.target_name} to {new.plan.target_name}"
+        counts.planned.append(line)
+        if self.dry_run:
+            self.notice(f"would {line}")
+            return
+        # The new rows keep the base flags of the old ones: the copy's flags have not moved.
+        refs = [
+            MessageRef(
+                ref.id, row.size, row.flags if row.flags is not None else ref.flags, None, row.key
+            )
+            for row, ref in pairs
+        ]
+        self.journal.begin(new.src, new.validity, new.dst, refs)
+        there = [
+            (row, ref) for (row, _), ref in zip(pairs, refs, strict=True) if row.src_id in present
+        ]
+        done: list[tuple[MessageRef, str | None]] = []
+        if there and old.dst == new.dst:
+            done = [(ref, present[row.src_id]) for row, ref in there]
+        elif there:
+            target.ensure_folder(new.dst)
+            new_ids = target.move(old.dst, [present[row.src_id] for row, _ in there], new.dst)
+            done = [(ref, new_id) for (_, ref), new_id in zip(there, new_ids, strict=True)]
+        # Copies no longer in the old folder (a pass killed after its move, or removed at the
+        # target) keep their 'pending' row: the copy of the new folder looks for them first.
+        self.journal.moved(
+            old.src,
+            old.validity,
+            old.dst,
+            [row.src_id for row, _ in pairs],
+            Commit(new.src, new.validity, new.dst, done, []),
+        )
+
+    def _remove(
+        self,
+        target: Target,
+        side: _Side,
+        rows: list[Copied],
+        changes: dict[FolderPath, FolderChanges],
+    ) -> None:
+        counts = changes[side.src]
+        counts.removed += len(rows)
+        line = f"remove {len(rows)} message(s) from {side.plan.target_name}"
+        counts.planned.append(line)
+        if self.dry_run:
+            self.notice(f"would {line}")
+            return
+        present = self._present(target, side, rows)
+        if present:
+            target.remove(side.dst, list(present.values()))
+        self.journal.forget(side.src, side.validity, side.dst, [row.src_id for row in rows])
