@@ -149,6 +149,10 @@ class FolderCounts:
     skipped: int
     failed: int
     pending: int
+    #: What the last pass changed in copies made before (see migrator.converge).
+    flagged: int = 0
+    moved: int = 0
+    removed: int = 0
 
 
 @dataclass(frozen=True)
@@ -625,17 +629,18 @@ class Journal:
         rows = self._query(
             "SELECT f.src_folder, f.dst_folder, f.selected, "
             "coalesce(sum(m.state='done'), 0), coalesce(sum(m.state='skipped'), 0), "
-            "coalesce(sum(m.state='failed'), 0), coalesce(sum(m.state='pending'), 0) "
+            "coalesce(sum(m.state='failed'), 0), coalesce(sum(m.state='pending'), 0), "
+            "f.flagged, f.moved, f.removed "
             "FROM folders f LEFT JOIN messages m "
             "ON m.src_folder=f.src_folder AND m.dst_folder=f.dst_folder AND m.validity=f.validity "
             "GROUP BY f.src_folder, f.dst_folder ORDER BY f.src_folder"
         )
         result = []
-        for s, d, selected, done, skipped, failed, pending in rows:
+        for s, d, selected, done, skipped, failed, pending, *last in rows:
             if selected is not None:
                 pending = max(pending, selected - done - skipped - failed)
             result.append(
-                FolderCounts(folder_path(s), folder_path(d), done, skipped, failed, pending)
+                FolderCounts(folder_path(s), folder_path(d), done, skipped, failed, pending, *last)
             )
         return result
 

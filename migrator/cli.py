@@ -6,6 +6,7 @@ Heavy modules (imapclient, sqlite3, tqdm, the stores) are imported inside the co
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import signal
@@ -367,8 +368,7 @@ def _flag_names(names: list[str]) -> frozenset[str]:
 # -- copy -----------------------------------------------------------------------------------
 
 
-@app.command()
-def copy(
+def _copy_command(
     source: Annotated[str, typer.Argument(help="Where the mail is: imaps://USER@HOST, mbox:PATH")],
     target: Annotated[str, typer.Argument(help="Where it goes: imaps://USER@HOST, maildir:PATH")],
     folder: FolderOpt = None,
@@ -448,11 +448,10 @@ def copy(
         ),
     ] = None,
     debug: DebugOpt = False,
+    mirror: bool = False,
+    max_delete: int | None = None,
 ) -> None:
-    """Copy every selected message from SOURCE to TARGET, resumably.
-
-    Example: migrator copy imaps://alice@old.example.org imaps://alice@new.example.org
-    """
+    """`copy`, and with ``mirror`` `sync` (registered below with their own help)."""
     with _errors(debug):
         from migrator.account import (
             CopyJob,
@@ -482,6 +481,7 @@ def copy(
         )
         settings = RunSettings(workers=workers, retries=retries, timeout=timeout)
         options = copy_options(job, settings, dry_run=dry_run, label=option_label)
+        options.mirror, options.max_delete = mirror, max_delete
         src = _open_side(
             source,
             "source",
@@ -545,6 +545,64 @@ def copy(
         if summary.stopped:
             _err(f"migrator: stopped: {summary.stopped}")
         raise typer.Exit(int(ExitStatus.OK if summary.ok else ExitStatus.PARTIAL))
+
+
+def _register_copy_command(name: str, doc: str, extra: Sequence[inspect.Parameter]) -> None:
+    """`copy` and `sync` take the same options (sync adds --max-delete): one implementation,
+    _copy_command, registered under each name with the parameters Typer should show."""
+    shown = [
+        p
+        for p in inspect.signature(_copy_command, eval_str=True).parameters.values()
+        if p.name not in ("mirror", "max_delete")
+    ]
+    shown += extra
+    mirror = name == "sync"
+
+    def command(**params: Any) -> None:
+        _copy_command(**params, mirror=mirror)
+
+    command.__signature__ = inspect.Signature(shown)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in shown}
+    command.__doc__ = doc
+    command.__name__ = name
+    app.command(name)(command)
+
+
+_register_copy_command(
+    "copy",
+    """Copy every selected message from SOURCE to TARGET, resumably. Flag changes made at the
+    source since the last pass follow; nothing is ever removed from TARGET.
+
+    Example: migrator copy imaps://alice@old.example.org imaps://alice@new.example.org
+    """,
+    [],
+)
+_register_copy_command(
+    "sync",
+    """Copy as `copy` does, then mirror: what this job copied and SOURCE no longer holds is
+    removed from TARGET, and what moved at SOURCE is moved on TARGET (not uploaded again).
+    Mail this job did not copy is never touched.
+
+    Example: migrator sync imaps://alice@old.example.org imaps://alice@new.example.org --dry-run
+    """,
+    [
+        inspect.Parameter(
+            "max_delete",
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            default=None,
+            annotation=Annotated[
+                int | None,
+                typer.Option(
+                    "--max-delete",
+                    min=0,
+                    help="Allow removing up to N messages from a folder even when that is more "
+                    "than half of what was copied there (the guard against a source that looks "
+                    "empty by mistake).",
+                ),
+            ],
+        )
+    ],
+)
 
 
 # -- verify ---------------------------------------------------------------------------------

@@ -92,6 +92,11 @@ class Converger:
         messages the journal says the target holds; returns how many messages changed."""
         if not target.can_update:
             return 0  # an mbox archive keeps the flags it was written with (README)
+        count = self._follow_flags(source, target, plan, validity)
+        self.journal.set_changes(plan.source.path, plan.target, flagged=count)
+        return count
+
+    def _follow_flags(self, source: Source, target: Target, plan: FolderPlan, validity: str) -> int:
         src, dst = plan.source.path, plan.target
         rows = self.journal.copied(src, validity, dst)
         if not rows:
@@ -127,7 +132,6 @@ class Converger:
                 dst, [FlagChange(add, remove, tids) for (add, remove), tids in groups.items()]
             )
         self.journal.set_flags(src, validity, dst, applied + unknown, found)
-        self.journal.set_changes(src, dst, flagged=len(applied))
         return len(applied)
 
     def _target_ids(
@@ -177,8 +181,24 @@ class Converger:
             for side in sides
         }
         changes: dict[FolderPath, FolderChanges] = defaultdict(FolderChanges)
-        if not any(gone.values()):
-            return changes
+        if any(gone.values()):
+            self._mirror(source, target, sides, gone, changes)
+        if not self.dry_run:
+            for side in sides:
+                counts = changes.get(side.src) or FolderChanges()
+                self.journal.set_changes(
+                    side.src, side.dst, moved=counts.moved, removed=counts.removed
+                )
+        return changes
+
+    def _mirror(
+        self,
+        source: Source,
+        target: Target,
+        sides: list[_Side],
+        gone: dict[int, list[Copied]],
+        changes: dict[FolderPath, FolderChanges],
+    ) -> None:
         moves = self._find_moves(source, sides, gone)
         moved_rows = {id(row) for pairs in moves.values() for row, _ in pairs}
         removals = {
@@ -191,14 +211,6 @@ class Converger:
         for side in sides:
             if removals[id(side)]:
                 self._remove(target, side, removals[id(side)], changes)
-        if not self.dry_run:
-            for side in sides:
-                counts = changes.get(side.src)
-                if counts is not None:
-                    self.journal.set_changes(
-                        side.src, side.dst, moved=counts.moved, removed=counts.removed
-                    )
-        return changes
 
     def _find_moves(
         self, source: Source, sides: list[_Side], gone: dict[int, list[Copied]]

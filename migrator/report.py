@@ -96,6 +96,17 @@ def copy_table(summary: RunSummary) -> str:
     deleted = summary.total("deleted")
     if deleted:
         footer += f"; {deleted} deleted from the source"
+    converged = [
+        (summary.total(key), text)
+        for key, text in (
+            ("flagged", "flags updated"),
+            ("moved", "moved"),
+            ("removed", "removed from the target"),
+        )
+    ]
+    if any(n for n, _ in converged):
+        prefix = "would have: " if summary.dry_run else ""
+        footer += "; " + prefix + ", ".join(f"{n} {text}" for n, text in converged if n)
     if summary.interrupted:
         footer += "; interrupted: run the same command again to finish"
     lines.append(footer)
@@ -127,6 +138,9 @@ def copy_json(summary: RunSummary) -> dict[str, Any]:
         "deleted": summary.total("deleted"),
         "changed": summary.total("changed"),
         "changes": dict(summary.changes()),
+        "flagged": summary.total("flagged"),
+        "moved": summary.total("moved"),
+        "removed": summary.total("removed"),
         "stopped": summary.stopped,
         "folders": [
             {
@@ -140,6 +154,9 @@ def copy_json(summary: RunSummary) -> dict[str, Any]:
                 "error": f.error,
                 "failures": [{"id": i, "reason": r} for i, r in f.failures],
                 "changed": f.changed,
+                "flagged": f.flagged,
+                "moved": f.moved,
+                "removed": f.removed,
             }
             for f in summary.folders
         ],
@@ -255,6 +272,7 @@ def status_data(journal: Journal) -> dict[str, Any]:
                 "skipped": c.skipped,
                 "failed": c.failed,
                 "pending": c.pending,
+                "last_pass": {"flagged": c.flagged, "moved": c.moved, "removed": c.removed},
             }
             for c in journal.counts()
         ],
@@ -306,6 +324,13 @@ def status_text(data: dict[str, Any]) -> str:
     ).splitlines()
     body.insert(len(body) - 1, body[1])
     lines += body
+    for f in data["folders"]:
+        last = f["last_pass"]
+        if any(last.values()):
+            lines.append(
+                f"last pass: {f['source']}: {last['flagged']} flags updated, {last['moved']} "
+                f"moved in, {last['removed']} removed"
+            )
     for f in data["failures"]:
         lines.append(f"failed: {f['folder']} #{f['id']} ({f['attempts']}x): {f['reason']}")
     lines.append("")

@@ -41,7 +41,7 @@ from migrator.model import (
 )
 from migrator.oauth import sasl_initial
 from migrator.ratelimit import parse_backoff
-from migrator.stores.base import AppendResult, ServerAccess, Source, Target
+from migrator.stores.base import AppendResult, FlagChange, ServerAccess, Source, Target
 
 #: Where imapclient sends imaplib's protocol lines.
 _PROTOCOL_LOG = logging.getLogger("imapclient.imaplib")
@@ -621,6 +621,142 @@ class ImapStore(Source, Target):
             else:
                 results.append(AppendResult(error=f"the server said: {_text(data)}"))
         return results
+
+    # -- later passes: flags, removals and moves of copies (migrator.converge) ----------------
+
+    can_update = True
+
+    def flag_listing(self, path: FolderPath) -> Iterator[tuple[str, frozenset[str]]]:
+        if self._gmail:
+            yield from super().flag_listing(path)
+            return
+        self._ensure_selected(path, readonly=True)
+        with self._talk("UID FETCH FLAGS"):
+            data = self._fetch("1:*", "(UID FLAGS)")
+        for uid, item in data.items():
+            yield str(uid), self._ref(uid, item, keys=False).flags
+
+    def _open_target(self, path: FolderPath) -> str | None:
+        """SELECT the target folder for changes; its UIDVALIDITY, None when it does not exist
+        or is empty (nothing to list or change)."""
+        if not self._existing:
+            self.list_folders()
+        if path not in self._existing and path != INBOX:
+            return None
+        info = self._select(path, readonly=False)
+        if not int(info.get(b"EXISTS", 0)):
+            return None
+        return str(info.get(b"UIDVALIDITY", 0))
+
+    def _target_uids(self, path: FolderPath, ids: Sequence[str]) -> list[int]:
+        """The UIDs of ``ids`` ("UIDVALIDITY:UID", as append() gives them) that belong to the
+        folder's current UIDVALIDITY: an id from before a renumbering names nothing now."""
+        validity = self._open_target(path)
+        uids = []
+        for target_id in ids:
+            known, _, uid = target_id.partition(":")
+            if known == validity and uid.isdigit():
+                uids.append(int(uid))
+        return uids
+
+    def flag_index(self, path: FolderPath) -> dict[str, frozenset[str]]:
+        validity = self._open_target(path)
+        if validity is None:
+            return {}
+        with self._talk("UID FETCH FLAGS"):
+            data = self._fetch("1:*", "(UID FLAGS)")
+        return {
+            f"{validity}:{uid}": self._ref(uid, item, keys=False).flags
+            for uid, item in data.items()
+        }
+
+    def ids_by_key(self, path: FolderPath) -> list[tuple[str, str]]:
+        validity = self._open_target(path)
+        if validity is None:
+            return []
+        return [(f"{validity}:{ref.id}", ref.key) for ref in self.list_messages(path)]
+
+    def update_flags(self, path: FolderPath, changes: Sequence[FlagChange]) -> None:
+        todo = [(change, self._target_uids(path, change.ids)) for change in changes]
+        with self._talk("UID STORE FLAGS"):
+            for change, uids in todo:
+                for start in range(0, len(uids), META_BATCH):
+                    chunk = uid_set(uids[start : start + META_BATCH])
+                    if change.add:
+                        self._c.add_flags(
+                            chunk, [f.encode() for f in sorted(change.add)], silent=True
+                        )
+                    if change.remove:
+                        self._c.remove_flags(
+                            chunk, [f.encode() for f in sorted(change.remove)], silent=True
+                        )
+
+    def _expunge(self, uids: Sequence[int]) -> None:
+        """\\Deleted and UID EXPUNGE of exactly these UIDs (UIDPLUS: never anyone else's)."""
+        if "UIDPLUS" not in self._caps:
+            raise FolderError(
+                f"{self.label}: the server lacks UIDPLUS, so an expunge could remove messages "
+                "this job did not copy; nothing was removed"
+            )
+        with self._talk("UID STORE/EXPUNGE"):
+            for start in range(0, len(uids), META_BATCH):
+                chunk = uid_set(uids[start : start + META_BATCH])
+                self._c.add_flags(chunk, [b"\\Deleted"], silent=True)
+                self._c.uid_expunge(chunk)
+
+    def remove(self, path: FolderPath, ids: Sequence[str]) -> None:
+        uids = self._target_uids(path, ids)
+        if uids:
+            self._expunge(uids)
+
+    def move(self, path: FolderPath, ids: Sequence[str], to: FolderPath) -> list[str | None]:
+        """UID MOVE (RFC 6851), or UID COPY and an expunge of exactly those UIDs; the new ids
+        from COPYUID (RFC 4315) when the server gives it."""
+        by_id = {
+            target_id: uid
+            for target_id, uid in zip(ids, self._uids_in_order(path, ids), strict=True)
+        }
+        uids = [uid for uid in by_id.values() if uid is not None]
+        new: dict[int, str] = {}
+        name = self._c._normalise_folder(self._name(to))
+        imap = self._c._imap
+        for start in range(0, len(uids), META_BATCH):
+            chunk = uids[start : start + META_BATCH]
+            command = "MOVE" if "MOVE" in self._caps else "COPY"
+            with self._talk(f"UID {command}"):
+                imap.untagged_responses.pop("OK", None)
+                typ, data = imap._simple_command("UID", command, uid_set(chunk), name)
+                said = [*imap.untagged_responses.pop("OK", []), *(data or [])]
+                imap.untagged_responses.pop("EXPUNGE", None)
+            if typ != "OK":
+                raise self._refused(f"UID {command}", _text(data))
+            new.update(_copyuid(b" ".join(_text_bytes(d) for d in said)))
+            if command == "COPY":
+                self._expunge(chunk)
+        return [new.get(uid) if uid is not None else None for uid in by_id.values()]
+
+    def _uids_in_order(self, path: FolderPath, ids: Sequence[str]) -> list[int | None]:
+        current = set(self._target_uids(path, ids))
+        result: list[int | None] = []
+        for target_id in ids:
+            uid = target_id.partition(":")[2]
+            result.append(int(uid) if uid.isdigit() and int(uid) in current else None)
+        return result
+
+
+_COPYUID = re.compile(rb"\[COPYUID (\d+) ([0-9:,]+) ([0-9:,]+)\]", re.IGNORECASE)
+
+
+def _copyuid(response: bytes) -> dict[int, str]:
+    """Source UID -> new target id ("UIDVALIDITY:UID") from COPYUID answers (RFC 4315)."""
+    found: dict[int, str] = {}
+    for m in _COPYUID.finditer(response):
+        olds, news = expand_uid_set(m[2].decode()), expand_uid_set(m[3].decode())
+        if len(olds) == len(news):
+            found.update(
+                (old, f"{m[1].decode()}:{new}") for old, new in zip(olds, news, strict=True)
+            )
+    return found
 
 
 @lru_cache(maxsize=64)
