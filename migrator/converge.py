@@ -127,7 +127,7 @@ class Converger:
             assert row.flags is not None
             groups[(now - row.flags, row.flags - now)].append(target_id)
             applied.append((row.src_id, now))
-        if not self.dry_run and groups:
+        if groups:  # a dry run's target (DryRunTarget) changes nothing
             target.update_flags(
                 dst, [FlagChange(add, remove, tids) for (add, remove), tids in groups.items()]
             )
@@ -183,12 +183,9 @@ class Converger:
         changes: dict[FolderPath, FolderChanges] = defaultdict(FolderChanges)
         if any(gone.values()):
             self._mirror(source, target, sides, gone, changes)
-        if not self.dry_run:
-            for side in sides:
-                counts = changes.get(side.src) or FolderChanges()
-                self.journal.set_changes(
-                    side.src, side.dst, moved=counts.moved, removed=counts.removed
-                )
+        for side in sides:
+            counts = changes.get(side.src) or FolderChanges()
+            self.journal.set_changes(side.src, side.dst, moved=counts.moved, removed=counts.removed)
         return changes
 
     def _mirror(
@@ -253,7 +250,7 @@ class Converger:
     def _present(self, target: Target, side: _Side, rows: Sequence[Copied]) -> dict[str, str]:
         """Source id -> target id of the rows whose copy is still in the target folder."""
         ids, found = self._target_ids(target, side.dst, rows)
-        if found and not self.dry_run:
+        if found:
             self.journal.set_flags(side.src, side.validity, side.dst, [], found)
         there = self._index.get(side.dst)
         if there is None:
@@ -273,9 +270,8 @@ class Converger:
         counts.moved += len(pairs)
         line = f"move {len(pairs)} message(s) from {old.plan.target_name} to {new.plan.target_name}"
         counts.planned.append(line)
-        if self.dry_run:
+        if self.dry_run:  # the target (DryRunTarget) changes nothing; the journal is a copy
             self.notice(f"would {line}")
-            return
         # The new rows keep the base flags of the old ones: the copy's flags have not moved.
         refs = [
             MessageRef(
@@ -317,7 +313,6 @@ class Converger:
         counts.planned.append(line)
         if self.dry_run:
             self.notice(f"would {line}")
-            return
         present = self._present(target, side, rows)
         if present:
             target.remove(side.dst, list(present.values()))

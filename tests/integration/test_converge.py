@@ -1,0 +1,233 @@
+"""Issue 17: passes converge, against real Dovecot servers (source "/", target ".").
+
+Flags made at the source after the first pass follow in `copy`; `sync` also mirrors removals and
+moves for what this job copied, and never touches anything else. A move must be a move on the
+target: the message file keeps its inode (Dovecot's maildir MOVE is a hard link), where an
+APPEND would write a new file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.corpus import make_corpus, make_message, seed_imap, snapshot_imap
+from tests.integration.jobs import Job
+
+FOLDERS = ("INBOX", "Archive", "Work")
+
+
+@pytest.fixture
+def pair(account, dovecot_source, dovecot_target):
+    def make(n: int = 60, seed: int = 17):
+        src = account(dovecot_source)
+        dst = account(dovecot_target)
+        seed_imap(src.client(), make_corpus(seed, n, FOLDERS), "/")
+        return src, dst
+
+    return make
+
+
+def sync(job: Job, *extra: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        job.cmd(*extra, command="sync"),
+        env=job.env,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=timeout,
+    )
+
+
+def sync_json(job: Job, *extra: str, expect: int = 0) -> dict[str, Any]:
+    result = sync(job, "--json", *extra)
+    assert result.returncode == expect, result.stderr
+    data: dict[str, Any] = json.loads(result.stdout)
+    return data
+
+
+def flags_by_id(client, folder: str) -> dict[str, frozenset[str]]:
+    """Message-ID -> flags (without \\Recent) of a folder's messages that have one."""
+    client.select_folder(folder, readonly=True)
+    uids = client.search("ALL")
+    data = client.fetch(uids, ["FLAGS", "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]"]) if uids else {}
+    found = {}
+    for item in data.values():
+        header = item[b"BODY[HEADER.FIELDS (MESSAGE-ID)]"].strip()
+        if header:
+            flags = {f.decode() if isinstance(f, bytes) else f for f in item[b"FLAGS"]}
+            found[header.split(b":", 1)[1].strip().decode()] = frozenset(flags - {"\\Recent"})
+    return found
+
+
+def uid_of(client, folder: str, message_id: str) -> int:
+    client.select_folder(folder)
+    (uid,) = client.search(["HEADER", "Message-ID", message_id])
+    return uid
+
+
+def with_ids(client, folder: str, count: int) -> list[str]:
+    return sorted(flags_by_id(client, folder))[:count]
+
+
+def inodes(account) -> set[int]:
+    """Inodes of every message file of an account's Maildir."""
+    root = account.server.home_dir / account.user / "Maildir"
+    return {
+        (Path(d) / name).stat().st_ino
+        for d, _, names in os.walk(root)
+        if Path(d).name in ("cur", "new")
+        for name in names
+    }
+
+
+def set_flags(account, folder: str, flags: dict[str, list[str]]) -> None:
+    client = account.client()
+    client.select_folder(folder)
+    for message_id, wanted in flags.items():
+        client.set_flags(uid_of(client, folder, message_id), wanted)
+
+
+def test_flag_changes_follow_in_copy_and_a_target_side_change_is_kept(pair, tmp_path):
+    src, dst = pair()
+    a, b, c, d = with_ids(src.client(), "INBOX", 4)
+    set_flags(src, "INBOX", {a: [], b: ["\\Seen"], c: ["\\Seen"], d: []})
+    job = Job.between(src, dst, tmp_path / "j.sqlite")
+    assert job.run_json()["copied"] == 60
+    set_flags(src, "INBOX", {a: ["\\Flagged", "$project"], b: ["\\Seen", "\\Answered"], c: []})
+    set_flags(dst, "INBOX", {b: ["\\Flagged"], c: ["\\Seen", "$from-target"], d: ["\\Draft"]})
+    result = job.run_json()
+    assert result["copied"] == 0 and result["flagged"] == 3
+    target = flags_by_id(dst.client(), "INBOX")
+    assert target[a] == {"\\Flagged", "$project"}  # system flag and keyword from the source
+    assert target[b] == {"\\Flagged", "\\Answered"}  # each side's own change kept
+    assert target[c] == {"$from-target"}  # the source removed \\Seen: it wins for \\Seen
+    assert target[d] == {"\\Draft"}  # changed at the target only: kept
+    again = job.run_json()
+    assert again["flagged"] == 0 and again["copied"] == 0
+
+
+def mirror_snapshot(account, leave_out: bytes = b"<native@") -> dict[str, list]:
+    """snapshot_imap without the messages delivered to the target directly (by Message-ID)."""
+    snap = snapshot_imap(account.client())
+    return {f: [m for m in msgs if leave_out not in m.body] for f, msgs in snap.items()}
+
+
+def native(i: int) -> bytes:
+    return (
+        f"Message-ID: <native@{i}.example>\r\nFrom: x@example.org\r\nSubject: delivered after "
+        f"the MX switch {i}\r\n\r\nhello\r\n"
+    ).encode()
+
+
+def test_sync_mirrors_removals_and_moves_and_leaves_native_mail_alone(pair, tmp_path):
+    src, dst = pair(80, seed=18)
+    job = Job.between(src, dst, tmp_path / "j.sqlite")
+    assert job.run_json()["copied"] == 80
+    d = dst.client()
+    d.append("INBOX", native(1))
+    d.create_folder("Private")
+    d.append("Private", native(2))
+    s = src.client()
+    gone, moved, renamed = with_ids(s, "INBOX", 3)
+    s.select_folder("INBOX")
+    s.delete_messages([uid_of(s, "INBOX", gone)])
+    s.expunge()
+    s.move([uid_of(s, "INBOX", moved)], "Archive")
+    s.create_folder("Later")
+    s.move([uid_of(s, "INBOX", renamed)], "Later")
+    # copy never removes nor moves: the moved message would be uploaded again
+    before = inodes(dst)
+    plan = sync_json(job, "--dry-run")
+    assert (plan["removed"], plan["moved"], plan["copied"]) == (1, 2, 0)
+    assert inodes(dst) == before  # --dry-run changed nothing
+    result = sync_json(job)
+    assert (result["removed"], result["moved"], result["copied"]) == (1, 2, 0)
+    # moves are moves: every message file of the target existed before (no APPEND wrote one)
+    after = inodes(dst)
+    assert after <= before and len(before - after) == 1
+    mirrored, source = mirror_snapshot(dst), mirror_snapshot(src)
+    assert source == {k: v for k, v in mirrored.items() if k in source}
+    target = snapshot_imap(dst.client())
+    assert [m.body for m in target["INBOX"]].count(native(1)) == 1
+    assert [m.body for m in target["Private"]] == [native(2)]
+    status = subprocess.run(
+        ["migrator", "status", "--state", str(job.state)], capture_output=True, text=True
+    )
+    assert "1 removed" in status.stdout and "1 moved in" in status.stdout
+    again = sync_json(job)
+    assert (again["removed"], again["moved"], again["copied"]) == (0, 0, 0)
+
+
+def test_sync_guard_refuses_and_names_max_delete(pair, tmp_path):
+    src, dst = pair(60, seed=19)
+    job = Job.between(src, dst, tmp_path / "j.sqlite")
+    assert job.run_json()["copied"] == 60
+    s = src.client()
+    s.select_folder("INBOX")
+    uids = s.search("ALL")
+    s.delete_messages(uids[: len(uids) - 2])
+    s.expunge()
+    before = snapshot_imap(dst.client())
+    result = sync(job)
+    assert result.returncode == 2
+    assert "--max-delete" in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert snapshot_imap(dst.client()) == before
+    allowed = sync_json(job, "--max-delete", str(len(uids)))
+    assert allowed["removed"] == len(uids) - 2
+    assert mirror_snapshot(src) == mirror_snapshot(dst)
+
+
+def test_sync_after_a_new_source_uidvalidity_removes_nothing(pair, tmp_path):
+    src, dst = pair(40, seed=20)
+    job = Job.between(src, dst, tmp_path / "j.sqlite")
+    assert job.run_json()["copied"] == 40
+    src.set_uidvalidity("INBOX", renumber=True)
+    result = sync_json(job)
+    assert result["removed"] == 0 and result["copied"] == 0
+    assert mirror_snapshot(src) == mirror_snapshot(dst)
+
+
+def test_sigkill_in_the_middle_of_sync_then_rerun_converges(pair, tmp_path):
+    src, dst = pair(400, seed=21)
+    job = Job.between(src, dst, tmp_path / "j.sqlite")
+    assert job.run_json()["copied"] == 400
+    rng = random.Random(21)
+    s = src.client()
+    s.select_folder("INBOX")
+    uids = s.search("ALL")
+    rng.shuffle(uids)
+    s.move(sorted(uids[:60]), "Work")
+    s.delete_messages(sorted(uids[60:100]))
+    s.expunge()
+    s.append("INBOX", make_message(21_999_001))
+    before = inodes(dst)
+    killed = 0
+    for _ in range(4):
+        proc = subprocess.Popen(
+            job.cmd("--workers", "1", command="sync"),
+            env=job.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        time.sleep(rng.uniform(0.2, 0.8))
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            killed += 1
+        proc.communicate(timeout=60)
+    assert killed >= 2
+    final = sync(job)
+    assert final.returncode == 0, final.stderr
+    assert mirror_snapshot(src) == mirror_snapshot(dst)
+    # nothing uploaded twice: one new file (the new message), the moved ones kept their files
+    assert len(inodes(dst) - before) == 1
