@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from tests.corpus import make_corpus, make_message, seed_imap, snapshot_imap
+from tests.faultproxy import FaultProxy
 from tests.integration.jobs import Job
 
 FOLDERS = ("INBOX", "Archive", "Work")
@@ -212,19 +213,34 @@ def test_sigkill_in_the_middle_of_sync_then_rerun_converges(pair, tmp_path):
     s.append("INBOX", make_message(21_999_001))
     before = inodes(dst)
     killed = 0
-    for _ in range(4):
-        proc = subprocess.Popen(
-            job.cmd("--workers", "1", command="sync"),
-            env=job.env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+    # Both servers through slow links, so that a pass lasts seconds and a kill lands in any of
+    # its steps (listings, moves, removals, the upload, the journal's commits).
+    with (
+        FaultProxy(src.server.imaps_port, lifetime=120) as to_source,
+        FaultProxy(dst.server.imaps_port, lifetime=120) as to_target,
+    ):
+        to_source.throttle("down", 40_000)
+        to_target.throttle("down", 20_000)
+        slow = Job(
+            f"imaps://{src.user}@127.0.0.1:{to_source.port}",
+            f"imaps://{dst.user}@127.0.0.1:{to_target.port}",
+            job.state,
+            job.env,
+            job.args,
         )
-        time.sleep(rng.uniform(0.2, 0.8))
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            killed += 1
-        proc.communicate(timeout=60)
+        for _ in range(5):
+            proc = subprocess.Popen(
+                slow.cmd("--workers", "1", command="sync"),
+                env=job.env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+            time.sleep(rng.uniform(0.5, 3.0))
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+                killed += 1
+            proc.communicate(timeout=60)
     assert killed >= 2
     final = sync(job)
     assert final.returncode == 0, final.stderr
