@@ -632,6 +632,13 @@ def verify(
     list_missing: Annotated[
         bool, typer.Option("--list", help="Name every missing message.")
     ] = False,
+    ignore_flags: Annotated[
+        bool,
+        typer.Option(
+            "--ignore-flags",
+            help="Compare presence only: flag differences are neither listed nor an error.",
+        ),
+    ] = False,
     json_output: JsonOpt = False,
     source_password_file: SrcPwFile = None,
     target_password_file: DstPwFile = None,
@@ -644,7 +651,7 @@ def verify(
     debug: DebugOpt = False,
 ) -> None:
     """Compare SOURCE and TARGET folder by folder: counts, missing, extra, flag differences.
-    Exits 1 when anything is missing.
+    Exits 1 when anything is missing or flags differ (--ignore-flags: presence only).
 
     Example: migrator verify imaps://alice@old.example.org imaps://alice@new.example.org --list
     """
@@ -687,13 +694,15 @@ def verify(
         dst.check_secret()
         with _connected(src.store()) as a, _connected(dst.store()) as b:
             show = (lambda name: _err(f"verifying {name}")) if sys.stderr.isatty() else None
-            checks = run_verify(a, b, folder_map, message_filter, by, show)
+            checks = run_verify(
+                a, b, folder_map, message_filter, by, show, compare_flags=not ignore_flags
+            )
         if json_output:
             typer.echo(json.dumps(verify_json(checks), ensure_ascii=False))
         else:
             typer.echo(verify_table(checks, list_missing))
         totals = summary(checks)
-        bad = totals["missing"] or totals["errors"]
+        bad = totals["missing"] or totals["errors"] or totals["flag_differences"]
         raise typer.Exit(int(ExitStatus.PARTIAL if bad else ExitStatus.OK))
 
 

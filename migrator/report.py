@@ -210,6 +210,11 @@ def verify_table(checks: Sequence[FolderCheck], list_missing: bool) -> str:
     verdict = "nothing missing" if totals["missing"] == 0 else f"{totals['missing']} missing"
     if totals["missing"] and not list_missing:
         verdict += " (--list names them)"
+    if totals["flag_differences"]:
+        verdict += (
+            f"; flags differ on {totals['flag_differences']} message(s) (listed above; "
+            "--ignore-flags compares presence only)"
+        )
     lines.append(verdict)
     return "\n".join(lines)
 
@@ -227,7 +232,7 @@ def verify_json(checks: Sequence[FolderCheck]) -> dict[str, Any]:
 
     return {
         **summary(checks),
-        "ok": summary(checks)["missing"] == 0,
+        "ok": summary(checks)["missing"] == 0 and summary(checks)["flag_differences"] == 0,
         "folders": [
             {
                 "sources": c.sources,

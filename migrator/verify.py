@@ -93,8 +93,10 @@ def verify(
     message_filter: MessageFilter,
     by: str = "digest",
     progress: Callable[[str], None] | None = None,
+    compare_flags: bool = True,
 ) -> list[FolderCheck]:
-    """Compare every selected source folder with the target folder `copy` would use."""
+    """Compare every selected source folder with the target folder `copy` would use; with
+    ``compare_flags`` False (--ignore-flags), presence only."""
     target_folders = target.list_folders()
     existing = {f.path for f in target_folders if f.selectable}
     plans = folder_map.plan(
@@ -122,7 +124,7 @@ def verify(
         except FolderError as exc:
             check.error = str(exc)
             continue
-        _compare(check, wanted, have)
+        _compare(check, wanted, have, compare_flags)
     return checks
 
 
@@ -130,6 +132,7 @@ def _compare(
     check: FolderCheck,
     wanted: dict[str, list[MessageInfo]],
     have: dict[str, list[MessageInfo]],
+    compare_flags: bool = True,
 ) -> None:
     for key, sources in wanted.items():
         copies = sorted(have.get(key, []), key=lambda i: sorted(i.flags))
@@ -141,7 +144,7 @@ def _compare(
                 check.missing.append(src)
                 continue
             copies.remove(match)
-            if match.flags != src.flags:
+            if compare_flags and match.flags != src.flags:
                 check.flag_differences.append(
                     (src, src.flags - match.flags, match.flags - src.flags)
                 )

@@ -22,6 +22,7 @@ import pytest
 from tests.corpus import make_corpus, make_message, seed_imap, snapshot_imap
 from tests.faultproxy import FaultProxy
 from tests.integration.jobs import Job
+from tests.integration.test_visibility import _run as run_command
 
 FOLDERS = ("INBOX", "Archive", "Work")
 
@@ -114,6 +115,15 @@ def test_flag_changes_follow_in_copy_and_a_target_side_change_is_kept(pair, tmp_
     assert target[d] == {"\\Draft"}  # changed at the target only: kept
     again = job.run_json()
     assert again["flagged"] == 0 and again["copied"] == 0
+    # verify: the target's own changes are flag differences (exit 1, named); presence is equal
+    verify = run_command(job, "verify")
+    assert verify.returncode == 1, verify.stderr
+    differ = [line for line in verify.stdout.splitlines() if line.startswith("flags differ:")]
+    assert len(differ) == 3 and any("\\Draft" in line for line in differ)
+    assert "--ignore-flags" in verify.stdout
+    presence = run_command(job, "verify", "--ignore-flags")
+    assert presence.returncode == 0, presence.stdout + presence.stderr
+    assert "flags differ" not in presence.stdout
 
 
 def mirror_snapshot(account, leave_out: bytes = b"<native@") -> dict[str, list]:
