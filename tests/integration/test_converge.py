@@ -257,3 +257,51 @@ def test_sigkill_in_the_middle_of_sync_then_rerun_converges(pair, tmp_path):
     assert mirror_snapshot(src) == mirror_snapshot(dst)
     # nothing uploaded twice: one new file (the new message), the moved ones kept their files
     assert len(inodes(dst) - before) == 1
+
+
+def local_job(src, target: str, state: Path) -> Job:
+    job = Job.between(src, target, state)
+    job.args = ["--source-ca-file", str(src.server.ca_file)]
+    return job
+
+
+def test_maildir_target_flags_follow_and_sync_moves_by_rename(
+    pair, tmp_path, dovecot_tmp, account, dovecot_target
+):
+    src, _ = pair(50, seed=22)
+    archive = dovecot_tmp / "Maildir"
+    job = local_job(src, f"maildir:{archive}", tmp_path / "j.sqlite")
+    assert job.run_json()["copied"] == 50
+    a, b, c, d = with_ids(src.client(), "INBOX", 4)
+    set_flags(src, "INBOX", {a: ["\\Flagged", "$project"], b: []})
+    s = src.client()
+    s.select_folder("INBOX")
+    s.move([uid_of(s, "INBOX", c)], "Archive")
+    s.select_folder("INBOX")
+    s.delete_messages([uid_of(s, "INBOX", d)])
+    s.expunge()
+    files = {p.stat().st_ino for p in archive.rglob("*") if p.parent.name == "cur"}
+    result = sync_json(job)
+    assert (result["moved"], result["removed"], result["copied"]) == (1, 1, 0)
+    assert result["flagged"] >= 1
+    after = {p.stat().st_ino for p in archive.rglob("*") if p.parent.name == "cur"}
+    assert after <= files and len(files - after) == 1  # renamed, never written again
+    dovecot_target.adopt(archive)
+    reader = account(dovecot_target, mail=f"maildir:{archive}")
+    assert snapshot_imap(reader.client()) == snapshot_imap(src.client())
+
+
+def test_mbox_target_keeps_the_flags_it_archived_and_refuses_sync(pair, tmp_path):
+    src, _ = pair(20, seed=23)
+    archive = tmp_path / "archive"
+    job = local_job(src, f"mbox:{archive}", tmp_path / "j.sqlite")
+    assert job.run_json()["copied"] == 20
+    before = {p: p.read_bytes() for p in archive.rglob("*.mbox")}
+    (a,) = with_ids(src.client(), "INBOX", 1)
+    set_flags(src, "INBOX", {a: ["\\Flagged", "$later"]})
+    again = job.run_json()
+    assert again["copied"] == 0 and again["flagged"] == 0
+    assert {p: p.read_bytes() for p in archive.rglob("*.mbox")} == before
+    refused = sync(job)
+    assert refused.returncode == 2 and "append-only" in refused.stderr
+    assert {p: p.read_bytes() for p in archive.rglob("*.mbox")} == before
