@@ -44,6 +44,8 @@ CREATE TABLE IF NOT EXISTS folders (
     flagged INTEGER NOT NULL DEFAULT 0,
     moved INTEGER NOT NULL DEFAULT 0,
     removed INTEGER NOT NULL DEFAULT 0,
+    -- where the next pass's flag listing may start (a CONDSTORE mod-sequence), under validity
+    flag_mark TEXT,
     PRIMARY KEY (src_folder, dst_folder)
 );
 CREATE TABLE IF NOT EXISTS messages (
@@ -266,6 +268,7 @@ class Journal:
             ("folders", "flagged INTEGER NOT NULL DEFAULT 0"),
             ("folders", "moved INTEGER NOT NULL DEFAULT 0"),
             ("folders", "removed INTEGER NOT NULL DEFAULT 0"),
+            ("folders", "flag_mark TEXT"),
         ):
             self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
         self._db.execute(
@@ -608,6 +611,24 @@ class Journal:
                     [s, validity, d, *piece],
                 )
             self._record(db, into, time.time())
+
+    def flag_mark(self, src: FolderPath, validity: str, dst: FolderPath) -> str | None:
+        """Where the folder's next flag listing may start (see FlagListing.mark)."""
+        rows = self._query(
+            "SELECT flag_mark FROM folders WHERE src_folder=? AND dst_folder=? AND validity=?",
+            (folder_text(src), folder_text(dst), validity),
+        )
+        return rows[0][0] if rows else None
+
+    def set_flag_mark(
+        self, src: FolderPath, validity: str, dst: FolderPath, mark: str | None
+    ) -> None:
+        """Once the flag changes up to ``mark`` are applied and their base recorded."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE folders SET flag_mark=? WHERE src_folder=? AND dst_folder=? AND validity=?",
+                (mark, folder_text(src), folder_text(dst), validity),
+            )
 
     def set_changes(self, src: FolderPath, dst: FolderPath, **counts: int) -> None:
         """What this pass changed in the folder (flagged, moved, removed), for `status`."""

@@ -28,7 +28,7 @@ from migrator.checkpoint import Commit, Copied, Journal
 from migrator.errors import ConfigError
 from migrator.folders import FolderPlan
 from migrator.model import UNCOPIED_FLAGS, FolderPath, MessageRef
-from migrator.stores.base import FlagChange, Source, Target
+from migrator.stores.base import FlagChange, FlagListing, Source, Target
 
 #: `sync` removes up to this many messages from a folder without the half-of-it guard.
 GUARD_MIN_REMOVALS = 5
@@ -80,8 +80,8 @@ class Converger:
         self.dry_run = dry_run
         self.max_delete = max_delete
         self.notice = notice
-        #: (source folder, validity) -> id -> flags, listed by mirror() for follow_flags().
-        self._listed: dict[tuple[FolderPath, str], dict[str, frozenset[str]]] = {}
+        #: (source folder, validity) -> its flags, listed by mirror() for follow_flags().
+        self._listed: dict[tuple[FolderPath, str], FlagListing] = {}
         #: Target folder -> its ids, listed once by mirror().
         self._index: dict[FolderPath, set[str]] = {}
 
@@ -98,12 +98,26 @@ class Converger:
 
     def _follow_flags(self, source: Source, target: Target, plan: FolderPlan, validity: str) -> int:
         src, dst = plan.source.path, plan.target
-        rows = self.journal.copied(src, validity, dst)
-        if not rows:
-            return 0
-        current = self._listed.pop((src, validity), None)
-        if current is None:
-            current = dict(source.flag_listing(src))
+        listing = self._listed.pop((src, validity), None)
+        if listing is None:
+            listing = source.flag_listing(src, self.journal.flag_mark(src, validity, dst))
+        count = 0
+        if listing.flags:  # a CONDSTORE pass with no change at the source reads no row
+            rows = self.journal.copied(src, validity, dst)
+            count = self._apply_flags(target, plan, validity, rows, listing.flags)
+        self.journal.set_flag_mark(src, validity, dst, listing.mark)
+        return count
+
+    def _apply_flags(
+        self,
+        target: Target,
+        plan: FolderPlan,
+        validity: str,
+        rows: list[Copied],
+        current: dict[str, frozenset[str]],
+    ) -> int:
+        """Three-way: push what changed at the source since the base, in one bulk update."""
+        src, dst = plan.source.path, plan.target
         unknown: list[tuple[str, frozenset[str]]] = []
         changed: list[tuple[Copied, frozenset[str]]] = []
         for row in rows:
@@ -171,11 +185,11 @@ class Converger:
         sides: list[_Side] = []
         for plan in plans:
             state = source.open_folder(plan.source.path)
-            listed = dict(source.flag_listing(plan.source.path))
-            self._listed[(plan.source.path, state.validity)] = listed
+            listing = source.flag_listing(plan.source.path)  # every message: what is gone?
+            self._listed[(plan.source.path, state.validity)] = listing
             self.journal.open_folder(plan.source.path, state.validity, plan.target)
             rows = self.journal.copied(plan.source.path, state.validity, plan.target)
-            sides.append(_Side(plan, state.validity, rows, set(listed)))
+            sides.append(_Side(plan, state.validity, rows, set(listing.flags)))
         gone = {
             id(side): [r for r in side.rows if r.state == "done" and r.src_id not in side.now]
             for side in sides

@@ -39,6 +39,17 @@ class FlagChange:
     ids: Sequence[str]
 
 
+@dataclass(frozen=True)
+class FlagListing:
+    """Source flags by message id: all of the folder's messages (``complete``), or those changed
+    since an earlier listing. ``mark`` is where the next one may start (a CONDSTORE
+    HIGHESTMODSEQ), None when the store cannot list changes only."""
+
+    flags: dict[str, frozenset[str]]
+    complete: bool
+    mark: str | None = None
+
+
 class Store:
     """What both roles share. ``label`` names the endpoint in messages (never with a secret)."""
 
@@ -97,10 +108,12 @@ class Source(Store):
         """Remove exactly these messages (already confirmed by the target and the journal)."""
         raise NotImplementedError
 
-    def flag_listing(self, path: FolderPath) -> Iterator[tuple[str, frozenset[str]]]:
-        """(id, flags) of every message of an opened folder: what a later pass compares with the
-        flags it copied. Stores override it when flags alone cost less than a full listing."""
-        return ((ref.id, ref.flags) for ref in self.list_messages(path, keys=False))
+    def flag_listing(self, path: FolderPath, since: str | None = None) -> FlagListing:
+        """The flags of an opened folder's messages, for a later pass to compare with those it
+        copied: every message, or with ``since`` (a ``FlagListing.mark`` of an earlier listing)
+        those changed since, where the store can tell (IMAP CONDSTORE, RFC 7162)."""
+        flags = {ref.id: ref.flags for ref in self.list_messages(path, keys=False)}
+        return FlagListing(flags, complete=True)
 
 
 class Target(Store):

@@ -41,7 +41,14 @@ from migrator.model import (
 )
 from migrator.oauth import sasl_initial
 from migrator.ratelimit import parse_backoff
-from migrator.stores.base import AppendResult, FlagChange, ServerAccess, Source, Target
+from migrator.stores.base import (
+    AppendResult,
+    FlagChange,
+    FlagListing,
+    ServerAccess,
+    Source,
+    Target,
+)
 
 #: Where imapclient sends imaplib's protocol lines.
 _PROTOCOL_LOG = logging.getLogger("imapclient.imaplib")
@@ -626,15 +633,23 @@ class ImapStore(Source, Target):
 
     can_update = True
 
-    def flag_listing(self, path: FolderPath) -> Iterator[tuple[str, frozenset[str]]]:
+    def flag_listing(self, path: FolderPath, since: str | None = None) -> FlagListing:
+        """One UID FETCH of FLAGS for the folder; with CONDSTORE (RFC 7162) and ``since``, only
+        the messages whose flags changed since that mod-sequence (CHANGEDSINCE)."""
         if self._gmail:
-            yield from super().flag_listing(path)
-            return
+            return super().flag_listing(path)
+        mark = None
+        if "CONDSTORE" in self._caps:
+            with self._talk("STATUS HIGHESTMODSEQ"):
+                status = self._c.folder_status(self._name(path), [b"HIGHESTMODSEQ"])
+            mark = str(status.get(b"HIGHESTMODSEQ") or "") or None
         self._ensure_selected(path, readonly=True)
+        changed_only = mark is not None and since is not None and since.isdigit()
+        items = f"(UID FLAGS) (CHANGEDSINCE {since})" if changed_only else "(UID FLAGS)"
         with self._talk("UID FETCH FLAGS"):
-            data = self._fetch("1:*", "(UID FLAGS)")
-        for uid, item in data.items():
-            yield str(uid), self._ref(uid, item, keys=False).flags
+            data = self._fetch("1:*", items)
+        flags = {str(uid): self._ref(uid, item, keys=False).flags for uid, item in data.items()}
+        return FlagListing(flags, complete=not changed_only, mark=mark)
 
     def _open_target(self, path: FolderPath) -> str | None:
         """SELECT the target folder for changes; its UIDVALIDITY, None when it does not exist
@@ -765,7 +780,9 @@ def _zone(offset: timedelta) -> timezone:
 
 
 _META_LINE = re.compile(rb"(\d+) \((.*)\)", re.DOTALL)
-_META_ITEM = re.compile(rb'(UID|RFC822\.SIZE|FLAGS|INTERNALDATE) (\d+|\([^()"]*\)|"[^"]*")(?: |\Z)')
+_META_ITEM = re.compile(
+    rb'(UID|RFC822\.SIZE|FLAGS|INTERNALDATE|MODSEQ) (\d+|\([^()"]*\)|"[^"]*")(?: |\Z)'
+)
 _INTERNALDATE = re.compile(
     rb" ?(\d{1,2})-([A-Za-z]{3})-(\d{4}) (\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d)"
 )
@@ -812,6 +829,10 @@ def parse_meta(data: Sequence[Any]) -> dict[int, dict[bytes, Any]] | None:
                 if date is None:
                     return None
                 item[name] = date
+            elif name == b"MODSEQ":  # sent with FLAGS once CONDSTORE is on (RFC 7162)
+                if not value[1:-1].isdigit():
+                    return None
+                item[name] = (int(value[1:-1]),)  # as imapclient gives it
             elif value[:1].isdigit():
                 item[name] = int(value)
             else:

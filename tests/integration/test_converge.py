@@ -12,6 +12,7 @@ import json
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -305,3 +306,35 @@ def test_mbox_target_keeps_the_flags_it_archived_and_refuses_sync(pair, tmp_path
     refused = sync(job)
     assert refused.returncode == 2 and "append-only" in refused.stderr
     assert {p: p.read_bytes() for p in archive.rglob("*.mbox")} == before
+
+
+def test_condstore_pass_asks_only_for_what_changed(pair, tmp_path):
+    src, dst = pair(600, seed=24)
+    job = Job.between(src, dst, tmp_path / "j.sqlite")
+    assert job.run_json()["copied"] == 600
+    with sqlite3.connect(job.state) as db:
+        marks = [m for (m,) in db.execute("SELECT flag_mark FROM folders")]
+    assert marks and all(m and m.isdigit() for m in marks)  # Dovecot offers CONDSTORE
+    (a,) = with_ids(src.client(), "INBOX", 1)
+    set_flags(src, "INBOX", {a: ["\\Flagged", "$delta"]})
+
+    def pass_through_proxy() -> tuple[dict, int]:
+        with FaultProxy(src.server.imaps_port, lifetime=120) as proxy:
+            slow = Job(
+                f"imaps://{src.user}@127.0.0.1:{proxy.port}",
+                job.target,
+                job.state,
+                job.env,
+                job.args,
+            )
+            result = slow.run_json()
+            return result, proxy.forwarded["down"]
+
+    delta, delta_bytes = pass_through_proxy()
+    assert delta["flagged"] == 1 and delta["copied"] == 0
+    assert flags_by_id(dst.client(), "INBOX")[a] == {"\\Flagged", "$delta"}
+    with sqlite3.connect(job.state) as db:
+        db.execute("UPDATE folders SET flag_mark=NULL")  # as a server without CONDSTORE
+    full, full_bytes = pass_through_proxy()
+    assert full["flagged"] == 0
+    assert delta_bytes * 2 < full_bytes, (delta_bytes, full_bytes)
