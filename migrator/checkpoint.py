@@ -554,14 +554,38 @@ class Journal:
 
     # -- later passes ----------------------------------------------------------------------
 
-    def copied(self, src: FolderPath, validity: str, dst: FolderPath) -> list[Copied]:
-        """The messages of this source folder (under ``validity``) that the target holds."""
-        rows = self._query(
+    def copied(
+        self,
+        src: FolderPath,
+        validity: str,
+        dst: FolderPath,
+        only: Iterable[str] | None = None,
+    ) -> list[Copied]:
+        """The messages of this source folder (under ``validity``) that the target holds; with
+        ``only``, those of these source ids."""
+        head = (
             "SELECT src_id, dst_id, key, size, flags, state FROM messages WHERE src_folder=? "
-            "AND validity=? AND dst_folder=? AND state IN ('done', 'skipped')",
+            "AND validity=? AND dst_folder=? AND state IN ('done', 'skipped')"
+        )
+        args = [folder_text(src), validity, folder_text(dst)]
+        if only is None:
+            rows = self._query(head, args)
+        else:
+            rows = []
+            for piece in _statements(sorted(only)):
+                rows += self._query(
+                    f"{head} AND src_id IN ({', '.join('?' * len(piece))})", [*args, *piece]
+                )
+        return [Copied(i, t, k, int(n), parse_flags_text(f), st) for i, t, k, n, f, st in rows]
+
+    def count_done(self, src: FolderPath, validity: str, dst: FolderPath) -> int:
+        """How many messages of the folder this job copied (not found already there)."""
+        rows = self._query(
+            "SELECT count(*) FROM messages WHERE src_folder=? AND validity=? AND dst_folder=? "
+            "AND state='done'",
             (folder_text(src), validity, folder_text(dst)),
         )
-        return [Copied(i, t, k, int(n), parse_flags_text(f), st) for i, t, k, n, f, st in rows]
+        return int(rows[0][0])
 
     def set_flags(
         self,

@@ -28,7 +28,7 @@ from migrator.checkpoint import Commit, Copied, Journal
 from migrator.errors import ConfigError
 from migrator.folders import FolderPlan
 from migrator.model import UNCOPIED_FLAGS, FolderPath, MessageRef
-from migrator.stores.base import FlagChange, FlagListing, Source, Target
+from migrator.stores.base import FlagChange, Source, Target
 
 #: `sync` removes up to this many messages from a folder without the half-of-it guard.
 GUARD_MIN_REMOVALS = 5
@@ -56,7 +56,10 @@ class _Side:
 
     plan: FolderPlan
     validity: str
-    rows: list[Copied]
+    #: Source ids the journal says the target holds, and how many of them this job copied.
+    known: set[str]
+    copied: int
+    #: Source ids in the folder now.
     now: set[str]
 
     @property
@@ -80,8 +83,6 @@ class Converger:
         self.dry_run = dry_run
         self.max_delete = max_delete
         self.notice = notice
-        #: (source folder, validity) -> its flags, listed by mirror() for follow_flags().
-        self._listed: dict[tuple[FolderPath, str], FlagListing] = {}
         #: Target folder -> its ids, listed once by mirror().
         self._index: dict[FolderPath, set[str]] = {}
 
@@ -98,9 +99,7 @@ class Converger:
 
     def _follow_flags(self, source: Source, target: Target, plan: FolderPlan, validity: str) -> int:
         src, dst = plan.source.path, plan.target
-        listing = self._listed.pop((src, validity), None)
-        if listing is None:
-            listing = source.flag_listing(src, self.journal.flag_mark(src, validity, dst))
+        listing = source.flag_listing(src, self.journal.flag_mark(src, validity, dst))
         count = 0
         if listing.flags:  # a CONDSTORE pass with no change at the source reads no row
             rows = self.journal.copied(src, validity, dst)
@@ -184,14 +183,22 @@ class Converger:
             )
         sides: list[_Side] = []
         for plan in plans:
-            state = source.open_folder(plan.source.path)
-            listing = source.flag_listing(plan.source.path)  # every message: what is gone?
-            self._listed[(plan.source.path, state.validity)] = listing
-            self.journal.open_folder(plan.source.path, state.validity, plan.target)
-            rows = self.journal.copied(plan.source.path, state.validity, plan.target)
-            sides.append(_Side(plan, state.validity, rows, set(listing.flags)))
+            src, dst = plan.source.path, plan.target
+            state = source.open_folder(src)
+            now = source.message_ids(src)
+            self.journal.open_folder(src, state.validity, dst)
+            known = self.journal.done_ids(src, state.validity, dst)
+            copied = self.journal.count_done(src, state.validity, dst)
+            sides.append(_Side(plan, state.validity, known, copied, now))
+        # Only the rows of messages gone from the source are read (a handful, not the folder).
         gone = {
-            id(side): [r for r in side.rows if r.state == "done" and r.src_id not in side.now]
+            id(side): [
+                r
+                for r in self.journal.copied(
+                    side.src, side.validity, side.dst, side.known - side.now
+                )
+                if r.state == "done"
+            ]
             for side in sides
         }
         changes: dict[FolderPath, FolderChanges] = defaultdict(FolderChanges)
@@ -235,10 +242,9 @@ class Converger:
                 waiting[row.key].append((id(side), row))
         moves: dict[tuple[int, int], list[tuple[Copied, MessageRef]]] = defaultdict(list)
         for side in sides:
-            known = {r.src_id for r in side.rows}
-            if not side.now - known:
+            if not side.now - side.known:
                 continue
-            for ref in source.list_messages(side.src, skip=known, keys=True):
+            for ref in source.list_messages(side.src, skip=side.known, keys=True):
                 candidates = waiting.get(ref.key)
                 if candidates:
                     old, row = candidates.pop(0)
@@ -249,7 +255,7 @@ class Converger:
         refused = []
         for side in sides:
             count = len(removals[id(side)])
-            copied = sum(1 for r in side.rows if r.state == "done")
+            copied = side.copied
             allowed = self.max_delete is not None and count <= self.max_delete
             if count > GUARD_MIN_REMOVALS and 2 * count > copied and not allowed:
                 refused.append(f"{side.plan.source_name} ({count} of {copied})")

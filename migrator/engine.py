@@ -602,6 +602,10 @@ class Engine:
         validity = state.validity
         reconciled = journal.open_folder(src, validity, dst)
         done = journal.done_ids(src, validity, dst)
+        if done:
+            # Flags first, for what earlier passes copied: a source that marks what we fetch
+            # \Seen (iCloud, without its profile) shows that at the next pass, not in this one.
+            stats.flagged = self._converger.follow_flags(source, target, plan, validity)
         wanted = options.message_filter.include
         selected_ids: set[str] | None = None
         if listing.validity != validity:
@@ -645,8 +649,6 @@ class Engine:
             self._stream(source, target, plan, validity, refs, stats, pace)
         if budget_cut:
             self.stop.set()  # cleanly: what was streamed is recorded; the summary says why
-        if not self.stop.is_set():
-            stats.flagged = self._converger.follow_flags(source, target, plan, validity)
         if options.delete_source and not options.dry_run and not self.stop.is_set():
             self._delete_confirmed(source, plan, validity, selected_ids or set(), stats)
 

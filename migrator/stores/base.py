@@ -108,6 +108,10 @@ class Source(Store):
         """Remove exactly these messages (already confirmed by the target and the journal)."""
         raise NotImplementedError
 
+    def message_ids(self, path: FolderPath) -> set[str]:
+        """The ids of every message of an opened folder, as cheaply as the protocol allows."""
+        return set(self.flag_listing(path).flags)
+
     def flag_listing(self, path: FolderPath, since: str | None = None) -> FlagListing:
         """The flags of an opened folder's messages, for a later pass to compare with those it
         copied: every message, or with ``since`` (a ``FlagListing.mark`` of an earlier listing)

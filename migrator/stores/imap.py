@@ -633,6 +633,11 @@ class ImapStore(Source, Target):
 
     can_update = True
 
+    def message_ids(self, path: FolderPath) -> set[str]:
+        if self._gmail:
+            return super().message_ids(path)
+        return {str(uid) for uid in self._all_uids(path)}  # one UID SEARCH
+
     def flag_listing(self, path: FolderPath, since: str | None = None) -> FlagListing:
         """One UID FETCH of FLAGS for the folder; with CONDSTORE (RFC 7162) and ``since``, only
         the messages whose flags changed since that mod-sequence (CHANGEDSINCE)."""
