@@ -212,3 +212,29 @@ def test_sync_killed_in_a_move_converges_on_rerun(tmp_path):
     everything = [b for f in dst.boxes for b in dst.bodies(f)]
     assert everything.count(message(5)) == 1 and message(5) in dst.bodies(("Archive",))
     assert sorted(everything) == sorted(b for f in src.boxes for b in src.bodies(f))
+
+
+def test_mbox_tree_with_a_second_archive_folder_gets_no_second_copy(tmp_path):
+    """Issue 18's case on an mbox target: the tree holds Archive.mbox and INBOX/Archive/2023.mbox,
+    then a folder of the same use that sorts first (Archiv.mbox, a German client's): a fresh
+    plan would send Archive's messages there on the rerun."""
+    from migrator.stores.mbox import MboxStore
+
+    src = MemoryStore()
+    for i in range(5):
+        src.add(("Archive",), message(i))
+    src.boxes[("Archive",)].special_use = "\\Archive"
+    for i in range(10, 13):
+        src.add(("INBOX", "Archive", "2023"), message(i))
+    tree = tmp_path / "tree"
+    run(src, MboxStore(tree), tmp_path / "j")
+    assert (tree / "Archive.mbox").is_file() and (
+        tree / "INBOX" / "Archive" / "2023.mbox"
+    ).is_file()
+    (tree / "Archiv.mbox").write_bytes(b"")
+    src.add(("Archive",), message(5))
+    summary = run(src, MboxStore(tree), tmp_path / "j")
+    assert summary.total("copied") == 1
+    assert (tree / "Archiv.mbox").read_bytes() == b""
+    archived = (tree / "Archive.mbox").read_bytes()
+    assert all(archived.count(f"<m{i}@example.org>".encode()) == 1 for i in range(6))
