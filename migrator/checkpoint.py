@@ -578,6 +578,14 @@ class Journal:
                 )
         return [Copied(i, t, k, int(n), parse_flags_text(f), st) for i, t, k, n, f, st in rows]
 
+    def folder_validity(self, src: FolderPath, dst: FolderPath) -> str | None:
+        """The validity the folder pair was last copied under."""
+        rows = self._query(
+            "SELECT validity FROM folders WHERE src_folder=? AND dst_folder=?",
+            (folder_text(src), folder_text(dst)),
+        )
+        return rows[0][0] if rows else None
+
     def count_done(self, src: FolderPath, validity: str, dst: FolderPath) -> int:
         """How many messages of the folder this job copied (not found already there)."""
         rows = self._query(

@@ -25,9 +25,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from migrator.checkpoint import Commit, Copied, Journal
-from migrator.errors import ConfigError
+from migrator.errors import ConfigError, FolderError
 from migrator.folders import FolderPlan
-from migrator.model import UNCOPIED_FLAGS, FolderPath, MessageRef
+from migrator.model import UNCOPIED_FLAGS, Folder, FolderPath, MessageRef
 from migrator.stores.base import FlagChange, Source, Target
 
 #: `sync` removes up to this many messages from a folder without the half-of-it guard.
@@ -171,11 +171,17 @@ class Converger:
     # -- sync: removals and moves ----------------------------------------------------------
 
     def mirror(
-        self, source: Source, target: Target, plans: Sequence[FolderPlan]
+        self,
+        source: Source,
+        target: Target,
+        plans: Sequence[FolderPlan],
+        vanished: Sequence[tuple[FolderPath, FolderPath]] = (),
     ) -> dict[FolderPath, FolderChanges]:
         """Before the copy: move on the target what moved at the source, and remove what this job
-        copied and the source no longer holds. Refuses (GuardError) before changing anything
-        when a folder would lose more than half of what was copied into it."""
+        copied and the source no longer holds. ``vanished``: (source, target) folders of earlier
+        passes that the source no longer has at all (deleted, or renamed: their messages then
+        moved). Refuses (GuardError) before changing anything when a folder would lose more than
+        half of what was copied into it."""
         if not target.can_update:
             raise ConfigError(
                 f"{target.label}: sync cannot remove or move messages in this target (an mbox "
@@ -184,12 +190,25 @@ class Converger:
         sides: list[_Side] = []
         for plan in plans:
             src, dst = plan.source.path, plan.target
-            state = source.open_folder(src)
-            now = source.message_ids(src)
+            try:
+                state = source.open_folder(src)
+                now = source.message_ids(src)
+            except FolderError as exc:
+                # Unreadable now: nothing of it is taken as gone (its copies stay).
+                self.notice(f"{plan.source_name}: not mirrored: {exc}")
+                continue
             self.journal.open_folder(src, state.validity, dst)
             known = self.journal.done_ids(src, state.validity, dst)
             copied = self.journal.count_done(src, state.validity, dst)
             sides.append(_Side(plan, state.validity, known, copied, now))
+        for src, dst in vanished:
+            validity = self.journal.folder_validity(src, dst)
+            if validity is None:
+                continue
+            known = self.journal.done_ids(src, validity, dst)
+            copied = self.journal.count_done(src, validity, dst)
+            if known:
+                sides.append(_Side(FolderPlan(Folder(src), dst), validity, known, copied, set()))
         # Only the rows of messages gone from the source are read (a handful, not the folder).
         gone = {
             id(side): [
@@ -290,8 +309,8 @@ class Converger:
         counts.moved += len(pairs)
         line = f"move {len(pairs)} message(s) from {old.plan.target_name} to {new.plan.target_name}"
         counts.planned.append(line)
-        if self.dry_run:  # the target (DryRunTarget) changes nothing; the journal is a copy
-            self.notice(f"would {line}")
+        # A dry run's target (DryRunTarget) changes nothing; its journal is a copy.
+        self.notice(f"would {line}" if self.dry_run else f"{line[0].upper()}{line[1:]}")
         # The new rows keep the base flags of the old ones: the copy's flags have not moved.
         refs = [
             MessageRef(
@@ -331,8 +350,7 @@ class Converger:
         counts.removed += len(rows)
         line = f"remove {len(rows)} message(s) from {side.plan.target_name}"
         counts.planned.append(line)
-        if self.dry_run:
-            self.notice(f"would {line}")
+        self.notice(f"would {line}" if self.dry_run else f"{line[0].upper()}{line[1:]}")
         present = self._present(target, side, rows)
         if present:
             target.remove(side.dst, list(present.values()))

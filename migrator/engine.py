@@ -381,13 +381,20 @@ class Engine:
         try:
             source.connect()
             target.connect()
+            source_folders = source.list_folders()
             plans = self.options.folder_map.plan(
-                source.list_folders(), target.list_folders(), target.delimiter
+                source_folders, target.list_folders(), target.delimiter
             )
             plans = self._keep_targets(plans)
             mirrored: dict[FolderPath, FolderChanges] = {}
             if self.options.mirror:
-                mirrored = self._converger.mirror(source, target, plans)
+                listed = {f.path for f in source_folders}
+                vanished = [
+                    (src, dst)
+                    for src, dst in self.journal.folder_targets().items()
+                    if src not in listed
+                ]
+                mirrored = self._converger.mirror(source, target, plans, vanished)
         except BaseException:
             source.close()
             target.close()

@@ -238,3 +238,31 @@ def test_mbox_tree_with_a_second_archive_folder_gets_no_second_copy(tmp_path):
     assert (tree / "Archiv.mbox").read_bytes() == b""
     archived = (tree / "Archive.mbox").read_bytes()
     assert all(archived.count(f"<m{i}@example.org>".encode()) == 1 for i in range(6))
+
+
+def test_sync_a_folder_renamed_at_the_source_is_moved_not_uploaded(tmp_path):
+    src, dst = _source(), MemoryStore(label="dst")
+    run(src, dst, tmp_path / "j")
+    appends = dst.appends
+    src.boxes[("Projects",)] = src.boxes.pop(("Archive",))
+    summary = run(src, dst, tmp_path / "j", mirror=True)
+    assert (summary.total("moved"), summary.total("copied")) == (1, 0)
+    assert dst.appends == appends
+    assert dst.bodies(("Projects",)) == [message(100)] and dst.bodies(("Archive",)) == []
+
+
+def test_sync_a_folder_deleted_at_the_source_is_guarded(tmp_path):
+    import pytest
+
+    from migrator.converge import GuardError
+
+    src, dst = _source(), MemoryStore(label="dst")
+    for i in range(200, 210):
+        src.add(("Old",), message(i))
+    run(src, dst, tmp_path / "j")
+    del src.boxes[("Old",)]
+    with pytest.raises(GuardError, match="Old"):
+        run(src, dst, tmp_path / "j", mirror=True)
+    assert len(dst.bodies(("Old",))) == 10
+    summary = run(src, dst, tmp_path / "j", mirror=True, max_delete=10)
+    assert dst.bodies(("Old",)) == [] and any("Remove 10" in n for n in summary.notices)
