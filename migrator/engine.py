@@ -612,7 +612,7 @@ class Engine:
         if done:
             # Flags first, for what earlier passes copied: a source that marks what we fetch
             # \Seen (iCloud, without its profile) shows that at the next pass, not in this one.
-            stats.flagged = self._converger.follow_flags(source, target, plan, validity)
+            stats.flagged += self._converger.follow_flags(source, target, plan, validity)
         wanted = options.message_filter.include
         selected_ids: set[str] | None = None
         if listing.validity != validity:
