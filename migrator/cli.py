@@ -639,6 +639,14 @@ def verify(
             help="Compare presence only: flag differences are neither listed nor an error.",
         ),
     ] = False,
+    state: Annotated[
+        Path | None,
+        typer.Option(
+            "--state",
+            help="The copy's journal: each folder is compared with the target folder it was "
+            "copied to (default: the journal of these endpoints, when there is one).",
+        ),
+    ] = None,
     json_output: JsonOpt = False,
     source_password_file: SrcPwFile = None,
     target_password_file: DstPwFile = None,
@@ -692,10 +700,26 @@ def verify(
         folder_map = profile_folders(folder_map, src.profile, dst.profile)[0]
         src.check_secret()
         dst.check_secret()
+        from migrator.account import default_state_path
+        from migrator.checkpoint import Journal
+
+        recorded = None
+        state = state or default_state_path(src.endpoint, dst.endpoint)
+        if state.exists():
+            journal = Journal.in_memory(state)
+            recorded = journal.folder_targets()
+            journal.close()
         with _connected(src.store()) as a, _connected(dst.store()) as b:
             show = (lambda name: _err(f"verifying {name}")) if sys.stderr.isatty() else None
             checks = run_verify(
-                a, b, folder_map, message_filter, by, show, compare_flags=not ignore_flags
+                a,
+                b,
+                folder_map,
+                message_filter,
+                by,
+                show,
+                compare_flags=not ignore_flags,
+                recorded=recorded,
             )
         if json_output:
             typer.echo(json.dumps(verify_json(checks), ensure_ascii=False))

@@ -24,7 +24,7 @@ from migrator.checkpoint import Commit, Journal
 from migrator.converge import Converger, FolderChanges
 from migrator.errors import ConnectError, FolderError, MessageError, StoreError
 from migrator.filters import MessageFilter
-from migrator.folders import FolderMap, FolderPlan
+from migrator.folders import FolderMap, FolderPlan, keep_recorded
 from migrator.model import FolderPath, MessageRef, crlf_size, message_key
 from migrator.ratelimit import (
     ByteBudgets,
@@ -323,8 +323,6 @@ class _Helpable:
     writers: int = 0
 
 
-#: FolderPlan notes of a target folder the user chose (a new choice replaces the recorded one).
-USER_MAPPINGS = ("--map", "--into", "--to-folder")
 #: The first append of a worker (it grows from there, see _Pace).
 FIRST_APPEND_BYTES = 256 * 1024
 #: Bytes a second assumed for a target whose rate was never measured (Engine._reconcile).
@@ -460,19 +458,9 @@ class Engine:
         )
 
     def _keep_targets(self, plans: list[FolderPlan]) -> list[FolderPlan]:
-        """Each source folder goes where it went on the first pass: a special-use folder that
-        appeared in the target since, or a child folder named like one, never sends the same
-        messages to a second folder. Only the user's own --map, --into or --to-folder moves it."""
-        recorded = self.journal.folder_targets()
-        kept: list[FolderPlan] = []
-        chosen: list[tuple[FolderPath, FolderPath]] = []
-        for plan in plans:
-            before = recorded.get(plan.source.path)
-            if before is None or (plan.note in USER_MAPPINGS and before != plan.target):
-                chosen.append((plan.source.path, plan.target))
-            elif before != plan.target:
-                plan = replace(plan, target=before, note="kept from the first pass")
-            kept.append(plan)
+        """Each source folder goes where the journal recorded it on the first pass (see
+        folders.keep_recorded); first choices are recorded now."""
+        kept, chosen = keep_recorded(plans, self.journal.folder_targets())
         if chosen:
             self.journal.record_targets(chosen)
         return kept

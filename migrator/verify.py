@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from migrator.errors import FolderError
 from migrator.filters import MessageFilter
-from migrator.folders import FolderMap, FolderPlan
+from migrator.folders import FolderMap, FolderPlan, keep_recorded
 from migrator.model import UNCOPIED_FLAGS, FolderPath, MessageRef, display_name, header_fields
 from migrator.stores.base import Source
 
@@ -94,14 +94,18 @@ def verify(
     by: str = "digest",
     progress: Callable[[str], None] | None = None,
     compare_flags: bool = True,
+    recorded: Mapping[FolderPath, FolderPath] | None = None,
 ) -> list[FolderCheck]:
-    """Compare every selected source folder with the target folder `copy` would use; with
-    ``compare_flags`` False (--ignore-flags), presence only."""
+    """Compare every selected source folder with the target folder `copy` would use (the one
+    the copy's journal recorded, when given: ``recorded``); with ``compare_flags`` False
+    (--ignore-flags), presence only."""
     target_folders = target.list_folders()
     existing = {f.path for f in target_folders if f.selectable}
     plans = folder_map.plan(
         source.list_folders(), target_folders, getattr(target, "delimiter", None)
     )
+    if recorded:
+        plans = keep_recorded(plans, recorded)[0]
     groups: dict[FolderPath, list[FolderPlan]] = defaultdict(list)
     for plan in plans:
         groups[plan.target].append(plan)

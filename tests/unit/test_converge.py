@@ -26,6 +26,19 @@ def test_target_folder_is_kept_when_the_special_use_match_changes(tmp_path):
     assert summary.total("copied") == 1
     assert dst.bodies(("INBOX", "Archive")) == []
     assert len(dst.bodies(("Archive",))) == 6
+    # verify compares with the folder the journal recorded, not a fresh plan's choice
+    from migrator.filters import MessageFilter
+    from migrator.folders import FolderMap
+    from migrator.verify import summary as verify_summary
+    from migrator.verify import verify
+
+    journal = Journal.open(tmp_path / "j")
+    recorded = journal.folder_targets()
+    journal.close()
+    kept = verify(src, dst, FolderMap(), MessageFilter(), recorded=recorded)
+    assert verify_summary(kept)["missing"] == 0
+    fresh = verify(src, dst, FolderMap(), MessageFilter())
+    assert verify_summary(fresh)["missing"] == 6
 
 
 def test_an_explicit_map_replaces_the_recorded_folder(tmp_path):
