@@ -141,6 +141,8 @@ class Copied:
     size: int
     flags: frozenset[str] | None
     state: str
+    #: Removed from the source by --delete-source (gone on purpose: not to mirror).
+    deleted: bool = False
 
 
 @dataclass(frozen=True)
@@ -564,8 +566,8 @@ class Journal:
         """The messages of this source folder (under ``validity``) that the target holds; with
         ``only``, those of these source ids."""
         head = (
-            "SELECT src_id, dst_id, key, size, flags, state FROM messages WHERE src_folder=? "
-            "AND validity=? AND dst_folder=? AND state IN ('done', 'skipped')"
+            "SELECT src_id, dst_id, key, size, flags, state, deleted FROM messages "
+            "WHERE src_folder=? AND validity=? AND dst_folder=? AND state IN ('done', 'skipped')"
         )
         args = [folder_text(src), validity, folder_text(dst)]
         if only is None:
@@ -576,7 +578,10 @@ class Journal:
                 rows += self._query(
                     f"{head} AND src_id IN ({', '.join('?' * len(piece))})", [*args, *piece]
                 )
-        return [Copied(i, t, k, int(n), parse_flags_text(f), st) for i, t, k, n, f, st in rows]
+        return [
+            Copied(i, t, k, int(n), parse_flags_text(f), st, bool(gone))
+            for i, t, k, n, f, st, gone in rows
+        ]
 
     def folder_validity(self, src: FolderPath, dst: FolderPath) -> str | None:
         """The validity the folder pair was last copied under."""

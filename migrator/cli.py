@@ -481,6 +481,11 @@ def _copy_command(
         )
         settings = RunSettings(workers=workers, retries=retries, timeout=timeout)
         options = copy_options(job, settings, dry_run=dry_run, label=option_label)
+        if mirror and delete_source:
+            raise ConfigError(
+                "sync mirrors the source, and --delete-source empties it: archive with "
+                "copy --delete-source instead"
+            )
         options.mirror, options.max_delete = mirror, max_delete
         src = _open_side(
             source,

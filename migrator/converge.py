@@ -216,7 +216,7 @@ class Converger:
                 for r in self.journal.copied(
                     side.src, side.validity, side.dst, side.known - side.now
                 )
-                if r.state == "done"
+                if r.state == "done" and not r.deleted  # --delete-source: gone on purpose
             ]
             for side in sides
         }

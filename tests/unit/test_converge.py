@@ -279,3 +279,11 @@ def test_sync_a_folder_deleted_at_the_source_is_guarded(tmp_path):
     assert len(dst.bodies(("Old",))) == 10
     summary = run(src, dst, tmp_path / "j", mirror=True, max_delete=10)
     assert dst.bodies(("Old",)) == [] and any("Remove 10" in n for n in summary.notices)
+
+
+def test_sync_leaves_what_delete_source_archived(tmp_path):
+    src, dst = _source(), MemoryStore(label="dst")
+    run(src, dst, tmp_path / "j", delete_source=True)
+    assert src.bodies(("INBOX",)) == [] and len(dst.bodies(("INBOX",))) == 12
+    summary = run(src, dst, tmp_path / "j", mirror=True)
+    assert summary.total("removed") == 0 and len(dst.bodies(("INBOX",))) == 12
