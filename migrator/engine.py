@@ -25,7 +25,7 @@ from migrator.converge import Converger, FolderChanges
 from migrator.errors import ConnectError, FolderError, MessageError, StoreError
 from migrator.filters import MessageFilter
 from migrator.folders import FolderMap, FolderPlan, keep_recorded
-from migrator.model import FolderPath, MessageRef, crlf_size, message_key
+from migrator.model import Folder, FolderPath, MessageRef, crlf_size, message_key
 from migrator.ratelimit import (
     ByteBudgets,
     TokenBucket,
@@ -390,7 +390,7 @@ class Engine:
                 vanished = [
                     (src, dst)
                     for src, dst in self.journal.folder_targets().items()
-                    if src not in listed
+                    if src not in listed and self.options.folder_map.selected(Folder(src))
                 ]
                 mirrored = self._converger.mirror(source, target, plans, vanished)
         except BaseException:
