@@ -455,15 +455,26 @@ class Journal:
         with self._tx() as db:
             if after is not None:
                 self._record(db, after, now)
-            _insert_rows(
-                db,
-                "INSERT INTO messages(src_folder, validity, src_id, dst_folder, key, size, state, "
-                "updated, flags)",
-                "(?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
-                [(s, validity, r.id, d, r.key, r.size, now, flags_text(r.flags)) for r in refs],
-                "ON CONFLICT DO UPDATE SET state='pending', key=excluded.key, "
-                "size=excluded.size, updated=excluded.updated, flags=excluded.flags",
-            )
+            self._pending(db, s, validity, d, refs, now)
+
+    @staticmethod
+    def _pending(
+        db: sqlite3.Connection,
+        s: str,
+        validity: str,
+        d: str,
+        refs: Iterable[MessageRef],
+        now: float,
+    ) -> None:
+        _insert_rows(
+            db,
+            "INSERT INTO messages(src_folder, validity, src_id, dst_folder, key, size, state, "
+            "updated, flags)",
+            "(?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
+            [(s, validity, r.id, d, r.key, r.size, now, flags_text(r.flags)) for r in refs],
+            "ON CONFLICT DO UPDATE SET state='pending', key=excluded.key, "
+            "size=excluded.size, updated=excluded.updated, flags=excluded.flags",
+        )
 
     def record(self, answers: Commit) -> None:
         """Record the target's answers for one batch, in one transaction (or with the next
@@ -634,20 +645,32 @@ class Journal:
                     [s, validity, d, *piece],
                 )
 
-    def moved(
-        self, src: FolderPath, validity: str, dst: FolderPath, ids: Sequence[str], into: Commit
+    def begin_many(
+        self, batches: Sequence[tuple[FolderPath, str, FolderPath, Sequence[MessageRef]]]
     ) -> None:
-        """A move confirmed by the target: the old rows go and the new folder's rows (begun as
-        'pending' before the move) are done, in one transaction."""
-        s, d = folder_text(src), folder_text(dst)
+        """begin() for several folders, in one transaction (the intent of a pass's moves)."""
+        now = time.time()
         with self._tx() as db:
-            for piece in _statements(list(ids)):
-                db.execute(
-                    "DELETE FROM messages WHERE src_folder=? AND validity=? AND dst_folder=? "
-                    f"AND src_id IN ({', '.join('?' * len(piece))})",
-                    [s, validity, d, *piece],
-                )
-            self._record(db, into, time.time())
+            for src, validity, dst, refs in batches:
+                self._pending(db, folder_text(src), validity, folder_text(dst), refs, now)
+
+    def moved(
+        self, moves: Sequence[tuple[tuple[FolderPath, str, FolderPath], Sequence[str], Commit]]
+    ) -> None:
+        """Moves confirmed by the target: for each, the old rows ((source folder, validity,
+        target folder), source ids) go and the new folder's rows (begun 'pending' before the
+        move) are done; all in one transaction."""
+        now = time.time()
+        with self._tx() as db:
+            for (src, validity, dst), ids, into in moves:
+                s, d = folder_text(src), folder_text(dst)
+                for piece in _statements(list(ids)):
+                    db.execute(
+                        "DELETE FROM messages WHERE src_folder=? AND validity=? AND dst_folder=? "
+                        f"AND src_id IN ({', '.join('?' * len(piece))})",
+                        [s, validity, d, *piece],
+                    )
+                self._record(db, into, now)
 
     def flag_mark(self, src: FolderPath, validity: str, dst: FolderPath) -> str | None:
         """Where the folder's next flag listing may start (see FlagListing.mark)."""

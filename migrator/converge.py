@@ -88,11 +88,21 @@ class Converger:
 
     # -- flags ------------------------------------------------------------------------------
 
-    def follow_flags(self, source: Source, target: Target, plan: FolderPlan, validity: str) -> int:
+    def follow_flags(
+        self, source: Source, target: Target, plan: FolderPlan, validity: str, copied: bool
+    ) -> int:
         """Apply to the target the flag changes made at the source since the last pass, for the
-        messages the journal says the target holds; returns how many messages changed."""
+        messages the journal says the target holds (``copied``: it holds some); returns how
+        many messages changed. Before a folder's first copy, only notes where the next pass's
+        listing may start."""
         if not target.can_update:
             return 0  # an mbox archive keeps the flags it was written with (README)
+        if not copied:
+            # The copy's listing comes after this mark: a change in between is listed by the
+            # next pass and compared with flags that already have it (a no-op).
+            mark = source.flag_mark(plan.source.path)
+            self.journal.set_flag_mark(plan.source.path, validity, plan.target, mark)
+            return 0
         count = self._follow_flags(source, target, plan, validity)
         self.journal.set_changes(plan.source.path, plan.target, flagged=count)
         return count
@@ -242,9 +252,8 @@ class Converger:
             id(side): [r for r in gone[id(side)] if id(r) not in moved_rows] for side in sides
         }
         self._guard(sides, removals)
-        by_side = {id(side): side for side in sides}
-        for (old, new), pairs in moves.items():
-            self._move(target, by_side[old], by_side[new], pairs, changes)
+        if moves:
+            self._moves(target, moves, {id(side): side for side in sides}, changes)
         for side in sides:
             if removals[id(side)]:
                 self._remove(target, side, removals[id(side)], changes)
@@ -296,48 +305,76 @@ class Converger:
             there = self._index[side.dst] = set(target.flag_index(side.dst))
         return {src_id: tid for src_id, tid in ids.items() if tid in there}
 
-    def _move(
+    def _moves(
         self,
         target: Target,
-        old: _Side,
-        new: _Side,
-        pairs: list[tuple[Copied, MessageRef]],
+        moves: dict[tuple[int, int], list[tuple[Copied, MessageRef]]],
+        by_side: dict[int, _Side],
         changes: dict[FolderPath, FolderChanges],
     ) -> None:
-        present = self._present(target, old, [row for row, _ in pairs])
-        counts = changes[new.src]
-        counts.moved += len(pairs)
-        line = f"move {len(pairs)} message(s) from {old.plan.target_name} to {new.plan.target_name}"
-        counts.planned.append(line)
-        # A dry run's target (DryRunTarget) changes nothing; its journal is a copy.
-        self.notice(f"would {line}" if self.dry_run else f"{line[0].upper()}{line[1:]}")
+        """All moves of the pass: their intent in one journal transaction (the new folders'
+        rows 'pending'), one MOVE per pair of folders, their confirmation in one transaction."""
         # The new rows keep the base flags of the old ones: the copy's flags have not moved.
-        refs = [
-            MessageRef(
-                ref.id, row.size, row.flags if row.flags is not None else ref.flags, None, row.key
+        planned = [
+            (
+                by_side[old],
+                by_side[new],
+                pairs,
+                [
+                    MessageRef(
+                        ref.id,
+                        row.size,
+                        row.flags if row.flags is not None else ref.flags,
+                        None,
+                        row.key,
+                    )
+                    for row, ref in pairs
+                ],
             )
-            for row, ref in pairs
+            for (old, new), pairs in moves.items()
         ]
-        self.journal.begin(new.src, new.validity, new.dst, refs)
-        there = [
-            (row, ref) for (row, _), ref in zip(pairs, refs, strict=True) if row.src_id in present
-        ]
-        done: list[tuple[MessageRef, str | None]] = []
-        if there and old.dst == new.dst:
-            done = [(ref, present[row.src_id]) for row, ref in there]
-        elif there:
-            target.ensure_folder(new.dst)
-            new_ids = target.move(old.dst, [present[row.src_id] for row, _ in there], new.dst)
-            done = [(ref, new_id) for (_, ref), new_id in zip(there, new_ids, strict=True)]
-        # Copies no longer in the old folder (a pass killed after its move, or removed at the
-        # target) keep their 'pending' row: the copy of the new folder looks for them first.
-        self.journal.moved(
-            old.src,
-            old.validity,
-            old.dst,
-            [row.src_id for row, _ in pairs],
-            Commit(new.src, new.validity, new.dst, done, []),
+        for old_side, new_side, pairs, _ in planned:
+            counts = changes[new_side.src]
+            counts.moved += len(pairs)
+            line = (
+                f"move {len(pairs)} message(s) from {old_side.plan.target_name} to "
+                f"{new_side.plan.target_name}"
+            )
+            counts.planned.append(line)
+            # A dry run's target (DryRunTarget) changes nothing; its journal is a copy.
+            self.notice(f"would {line}" if self.dry_run else f"{line[0].upper()}{line[1:]}")
+        self.journal.begin_many(
+            [
+                (new_side.src, new_side.validity, new_side.dst, refs)
+                for _, new_side, _, refs in planned
+            ]
         )
+        confirmed = []
+        for old_side, new_side, pairs, refs in planned:
+            present = self._present(target, old_side, [row for row, _ in pairs])
+            there = [
+                (row, ref)
+                for (row, _), ref in zip(pairs, refs, strict=True)
+                if row.src_id in present
+            ]
+            done: list[tuple[MessageRef, str | None]] = []
+            if there and old_side.dst == new_side.dst:
+                done = [(ref, present[row.src_id]) for row, ref in there]
+            elif there:
+                target.ensure_folder(new_side.dst)
+                ids = [present[row.src_id] for row, _ in there]
+                new_ids = target.move(old_side.dst, ids, new_side.dst)
+                done = [(ref, new_id) for (_, ref), new_id in zip(there, new_ids, strict=True)]
+            # Copies no longer in the old folder (a pass killed after its move, or removed at
+            # the target) keep their 'pending' row: the new folder's copy looks for them first.
+            confirmed.append(
+                (
+                    (old_side.src, old_side.validity, old_side.dst),
+                    [row.src_id for row, _ in pairs],
+                    Commit(new_side.src, new_side.validity, new_side.dst, done, []),
+                )
+            )
+        self.journal.moved(confirmed)
 
     def _remove(
         self,

@@ -597,10 +597,9 @@ class Engine:
         validity = state.validity
         reconciled = journal.open_folder(src, validity, dst)
         done = journal.done_ids(src, validity, dst)
-        if done:
-            # Flags first, for what earlier passes copied: a source that marks what we fetch
-            # \Seen (iCloud, without its profile) shows that at the next pass, not in this one.
-            stats.flagged += self._converger.follow_flags(source, target, plan, validity)
+        # Flags first, for what earlier passes copied: a source that marks what we fetch \Seen
+        # (iCloud, without its profile) shows that at the next pass, not in this one.
+        stats.flagged += self._converger.follow_flags(source, target, plan, validity, bool(done))
         wanted = options.message_filter.include
         selected_ids: set[str] | None = None
         if listing.validity != validity:

@@ -112,6 +112,11 @@ class Source(Store):
         """The ids of every message of an opened folder, as cheaply as the protocol allows."""
         return set(self.flag_listing(path).flags)
 
+    def flag_mark(self, path: FolderPath) -> str | None:
+        """Where a flag listing of the folder starting now may start later (FlagListing.mark);
+        None when the store cannot list changes only."""
+        return None
+
     def flag_listing(self, path: FolderPath, since: str | None = None) -> FlagListing:
         """The flags of an opened folder's messages, for a later pass to compare with those it
         copied: every message, or with ``since`` (a ``FlagListing.mark`` of an earlier listing)

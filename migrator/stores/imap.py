@@ -152,6 +152,8 @@ class ImapStore(Source, Target):
         self._client: IMAPClient | None = None
         self._caps: frozenset[str] = frozenset()
         self._selected: tuple[str, bool] | None = None
+        #: (name, UIDVALIDITY) of the folder last selected for changes (see _open_target).
+        self._selected_validity: tuple[str, str] | None = None
         self._existing: set[FolderPath] = set()
         #: UIDs per metadata FETCH; shrinks after a connection lost mid-listing (kept across
         #: reconnects: the same store object reconnects).
@@ -638,16 +640,20 @@ class ImapStore(Source, Target):
             return super().message_ids(path)
         return {str(uid) for uid in self._all_uids(path)}  # one UID SEARCH
 
+    def flag_mark(self, path: FolderPath) -> str | None:
+        """The folder's HIGHESTMODSEQ (CONDSTORE, RFC 7162), by STATUS."""
+        if "CONDSTORE" not in self._caps or self._gmail:
+            return None
+        with self._talk("STATUS HIGHESTMODSEQ"):
+            status = self._c.folder_status(self._name(path), [b"HIGHESTMODSEQ"])
+        return str(status.get(b"HIGHESTMODSEQ") or "") or None
+
     def flag_listing(self, path: FolderPath, since: str | None = None) -> FlagListing:
         """One UID FETCH of FLAGS for the folder; with CONDSTORE (RFC 7162) and ``since``, only
         the messages whose flags changed since that mod-sequence (CHANGEDSINCE)."""
         if self._gmail:
             return super().flag_listing(path)
-        mark = None
-        if "CONDSTORE" in self._caps:
-            with self._talk("STATUS HIGHESTMODSEQ"):
-                status = self._c.folder_status(self._name(path), [b"HIGHESTMODSEQ"])
-            mark = str(status.get(b"HIGHESTMODSEQ") or "") or None
+        mark = self.flag_mark(path)
         self._ensure_selected(path, readonly=True)
         changed_only = mark is not None and since is not None and since.isdigit()
         items = f"(UID FLAGS) (CHANGEDSINCE {since})" if changed_only else "(UID FLAGS)"
@@ -663,10 +669,15 @@ class ImapStore(Source, Target):
             self.list_folders()
         if path not in self._existing and path != INBOX:
             return None
+        name = self._name(path)
+        known = self._selected_validity
+        if self._selected == (name, False) and known is not None and known[0] == name:
+            return known[1]  # still selected: a pass's moves out of one folder, one SELECT
         info = self._select(path, readonly=False)
         if not int(info.get(b"EXISTS", 0)):
             return None
-        return str(info.get(b"UIDVALIDITY", 0))
+        self._selected_validity = (name, str(info.get(b"UIDVALIDITY", 0)))
+        return self._selected_validity[1]
 
     def _target_uids(self, path: FolderPath, ids: Sequence[str]) -> list[int]:
         """The UIDs of ``ids`` ("UIDVALIDITY:UID", as append() gives them) that belong to the
