@@ -83,8 +83,6 @@ class Converger:
         self.dry_run = dry_run
         self.max_delete = max_delete
         self.notice = notice
-        #: Target folder -> its ids, listed once by mirror().
-        self._index: dict[FolderPath, set[str]] = {}
 
     # -- flags ------------------------------------------------------------------------------
 
@@ -112,7 +110,8 @@ class Converger:
         listing = source.flag_listing(src, self.journal.flag_mark(src, validity, dst))
         count = 0
         if listing.flags:  # a CONDSTORE pass with no change at the source reads no row
-            rows = self.journal.copied(src, validity, dst)
+            only = None if listing.complete else listing.flags.keys()
+            rows = self.journal.copied(src, validity, dst, only)
             count = self._apply_flags(target, plan, validity, rows, listing.flags)
         self.journal.set_flag_mark(src, validity, dst, listing.mark)
         return count
@@ -300,9 +299,7 @@ class Converger:
         ids, found = self._target_ids(target, side.dst, rows)
         if found:
             self.journal.set_flags(side.src, side.validity, side.dst, [], found)
-        there = self._index.get(side.dst)
-        if there is None:
-            there = self._index[side.dst] = set(target.flag_index(side.dst))
+        there = target.present_ids(side.dst, list(ids.values()))
         return {src_id: tid for src_id, tid in ids.items() if tid in there}
 
     def _moves(
@@ -331,7 +328,10 @@ class Converger:
                     for row, ref in pairs
                 ],
             )
-            for (old, new), pairs in moves.items()
+            # by old folder: the moves out of one folder share its SELECT
+            for (old, new), pairs in sorted(
+                moves.items(), key=lambda item: (by_side[item[0][0]].dst, by_side[item[0][1]].dst)
+            )
         ]
         for old_side, new_side, pairs, _ in planned:
             counts = changes[new_side.src]

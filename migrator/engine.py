@@ -182,8 +182,8 @@ class DryRunTarget(Target):
     def can_update(self) -> bool:  # type: ignore[override]
         return self.inner.can_update
 
-    def flag_index(self, path: FolderPath) -> dict[str, frozenset[str]]:
-        return self.inner.flag_index(path)
+    def present_ids(self, path: FolderPath, ids: Sequence[str]) -> set[str]:
+        return self.inner.present_ids(path, ids)
 
     def ids_by_key(self, path: FolderPath) -> list[tuple[str, str]]:
         return self.inner.ids_by_key(path)

@@ -167,9 +167,9 @@ class Target(Store):
     #: name), and stored messages removed and moved (what `sync` needs).
     can_update: bool = False
 
-    def flag_index(self, path: FolderPath) -> dict[str, frozenset[str]]:
-        """Target id -> flags of every message of the folder (empty when it does not exist), in
-        one listing. Ids are those append() returns; an id absent here is no longer there."""
+    def present_ids(self, path: FolderPath, ids: Sequence[str]) -> set[str]:
+        """Those of ``ids`` (as append() returned them) that are still in the folder: a copy
+        removed or moved meanwhile, or from before a renumbering, is not."""
         raise NotImplementedError
 
     def ids_by_key(self, path: FolderPath) -> list[tuple[str, str]]:

@@ -682,24 +682,18 @@ class ImapStore(Source, Target):
     def _target_uids(self, path: FolderPath, ids: Sequence[str]) -> list[int]:
         """The UIDs of ``ids`` ("UIDVALIDITY:UID", as append() gives them) that belong to the
         folder's current UIDVALIDITY: an id from before a renumbering names nothing now."""
-        validity = self._open_target(path)
-        uids = []
-        for target_id in ids:
-            known, _, uid = target_id.partition(":")
-            if known == validity and uid.isdigit():
-                uids.append(int(uid))
-        return uids
+        return _uids_of(ids, self._open_target(path))
 
-    def flag_index(self, path: FolderPath) -> dict[str, frozenset[str]]:
+    def present_ids(self, path: FolderPath, ids: Sequence[str]) -> set[str]:
+        """One UID SEARCH UID <set> a META_BATCH of ids: what the server still has of them."""
         validity = self._open_target(path)
-        if validity is None:
-            return {}
-        with self._talk("UID FETCH FLAGS"):
-            data = self._fetch("1:*", "(UID FLAGS)")
-        return {
-            f"{validity}:{uid}": self._ref(uid, item, keys=False).flags
-            for uid, item in data.items()
-        }
+        uids = _uids_of(ids, validity)
+        found: set[str] = set()
+        with self._talk("UID SEARCH"):
+            for start in range(0, len(uids), META_BATCH):
+                chunk = uid_set(uids[start : start + META_BATCH])
+                found.update(f"{validity}:{uid}" for uid in self._c.search(["UID", chunk]))
+        return found
 
     def ids_by_key(self, path: FolderPath) -> list[tuple[str, str]]:
         validity = self._open_target(path)
@@ -773,6 +767,16 @@ class ImapStore(Source, Target):
             uid = target_id.partition(":")[2]
             result.append(int(uid) if uid.isdigit() and int(uid) in current else None)
         return result
+
+
+def _uids_of(ids: Iterable[str], validity: str | None) -> list[int]:
+    """The UIDs of target ids ("UIDVALIDITY:UID") that belong to ``validity``."""
+    uids = []
+    for target_id in ids:
+        known, _, uid = target_id.partition(":")
+        if known == validity and uid.isdigit():
+            uids.append(int(uid))
+    return uids
 
 
 _COPYUID = re.compile(rb"\[COPYUID (\d+) ([0-9:,]+) ([0-9:,]+)\]", re.IGNORECASE)

@@ -436,17 +436,11 @@ class MaildirStore(Source, Target):
 
     can_update = True
 
-    def flag_index(self, path: FolderPath) -> dict[str, frozenset[str]]:
+    def present_ids(self, path: FolderPath, ids: Sequence[str]) -> set[str]:
         folder = self._dir(path)
         if not (folder / "cur").is_dir():
-            return {}
-        letters = read_keywords(folder)
-        return {
-            split_name(name)[0]: info_flags(split_name(name)[1], letters)
-            if sub == "cur"
-            else frozenset()
-            for sub, name in self._files(folder)
-        }
+            return set()
+        return set(ids) & set(self._locate(folder))
 
     def ids_by_key(self, path: FolderPath) -> list[tuple[str, str]]:
         folder = self._dir(path)

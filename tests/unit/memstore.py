@@ -159,8 +159,8 @@ class MemoryStore(Source, Target):
         box = self.boxes.get(path)
         return {f"{box.validity}:{m.uid}": m for m in box.messages} if box else {}
 
-    def flag_index(self, path: FolderPath) -> dict[str, frozenset[str]]:
-        return {i: m.flags for i, m in self._by_id(path).items()}
+    def present_ids(self, path: FolderPath, ids: Sequence[str]) -> set[str]:
+        return set(ids) & set(self._by_id(path))
 
     def ids_by_key(self, path: FolderPath) -> list[tuple[str, str]]:
         return [(i, message_key(m.data, crlf_size(m.data))) for i, m in self._by_id(path).items()]
