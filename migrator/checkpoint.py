@@ -621,17 +621,49 @@ class Journal:
     ) -> None:
         """The new common base (source id -> flags now on both sides), and target ids found by
         key for copies whose append did not tell them (source id -> target id)."""
+        with self._tx() as db:
+            self._set_flags(db, folder_text(src), validity, folder_text(dst), flags, ids)
+
+    @staticmethod
+    def _set_flags(
+        db: sqlite3.Connection,
+        s: str,
+        validity: str,
+        d: str,
+        flags: Sequence[tuple[str, frozenset[str]]],
+        ids: Sequence[tuple[str, str]],
+    ) -> None:
+        db.executemany(
+            "UPDATE messages SET flags=? WHERE src_folder=? AND validity=? AND dst_folder=? "
+            "AND src_id=?",
+            [(flags_text(f), s, validity, d, i) for i, f in flags],
+        )
+        db.executemany(
+            "UPDATE messages SET dst_id=? WHERE src_folder=? AND validity=? AND dst_folder=? "
+            "AND src_id=?",
+            [(t, s, validity, d, i) for i, t in ids],
+        )
+
+    def flags_followed(
+        self,
+        src: FolderPath,
+        validity: str,
+        dst: FolderPath,
+        flags: Sequence[tuple[str, frozenset[str]]],
+        ids: Sequence[tuple[str, str]],
+        mark: str | None,
+        flagged: int,
+    ) -> None:
+        """A folder's flags followed: the new bases and found ids (see set_flags), where the
+        next listing may start (see FlagListing.mark), and how many messages changed (for
+        `status`), in one transaction."""
         s, d = folder_text(src), folder_text(dst)
         with self._tx() as db:
-            db.executemany(
-                "UPDATE messages SET flags=? WHERE src_folder=? AND validity=? AND dst_folder=? "
-                "AND src_id=?",
-                [(flags_text(f), s, validity, d, i) for i, f in flags],
-            )
-            db.executemany(
-                "UPDATE messages SET dst_id=? WHERE src_folder=? AND validity=? AND dst_folder=? "
-                "AND src_id=?",
-                [(t, s, validity, d, i) for i, t in ids],
+            self._set_flags(db, s, validity, d, flags, ids)
+            db.execute(
+                "UPDATE folders SET flag_mark=?, flagged=? "
+                "WHERE src_folder=? AND dst_folder=? AND validity=?",
+                (mark, flagged, s, d, validity),
             )
 
     def forget(self, src: FolderPath, validity: str, dst: FolderPath, ids: Sequence[str]) -> None:
@@ -680,26 +712,15 @@ class Journal:
         )
         return rows[0][0] if rows else None
 
-    def set_flag_mark(
-        self, src: FolderPath, validity: str, dst: FolderPath, mark: str | None
-    ) -> None:
-        """Once the flag changes up to ``mark`` are applied and their base recorded."""
+    def set_changes(self, changes: Sequence[tuple[FolderPath, FolderPath, int, int]]) -> None:
+        """What a sync pass moved into and removed from each folder (for `status`), at once."""
         with self._tx() as db:
-            db.execute(
-                "UPDATE folders SET flag_mark=? WHERE src_folder=? AND dst_folder=? AND validity=?",
-                (mark, folder_text(src), folder_text(dst), validity),
-            )
-
-    def set_changes(self, src: FolderPath, dst: FolderPath, **counts: int) -> None:
-        """What this pass changed in the folder (flagged, moved, removed), for `status`."""
-        assert set(counts) <= {"flagged", "moved", "removed"}
-        if not counts:
-            return
-        with self._tx() as db:
-            db.execute(
-                f"UPDATE folders SET {', '.join(f'{k}=?' for k in counts)} "
-                "WHERE src_folder=? AND dst_folder=?",
-                [*counts.values(), folder_text(src), folder_text(dst)],
+            db.executemany(
+                "UPDATE folders SET moved=?, removed=? WHERE src_folder=? AND dst_folder=?",
+                [
+                    (moved, removed, folder_text(s), folder_text(d))
+                    for s, d, moved, removed in changes
+                ],
             )
 
     # -- reporting -------------------------------------------------------------------------

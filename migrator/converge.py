@@ -95,37 +95,35 @@ class Converger:
         listing may start."""
         if not target.can_update:
             return 0  # an mbox archive keeps the flags it was written with (README)
+        src, dst = plan.source.path, plan.target
         if not copied:
             # The copy's listing comes after this mark: a change in between is listed by the
             # next pass and compared with flags that already have it (a no-op).
-            mark = source.flag_mark(plan.source.path)
-            self.journal.set_flag_mark(plan.source.path, validity, plan.target, mark)
+            self.journal.flags_followed(src, validity, dst, [], [], source.flag_mark(src), 0)
             return 0
-        count = self._follow_flags(source, target, plan, validity)
-        self.journal.set_changes(plan.source.path, plan.target, flagged=count)
-        return count
-
-    def _follow_flags(self, source: Source, target: Target, plan: FolderPlan, validity: str) -> int:
-        src, dst = plan.source.path, plan.target
         listing = source.flag_listing(src, self.journal.flag_mark(src, validity, dst))
         count = 0
+        bases: list[tuple[str, frozenset[str]]] = []
+        found: list[tuple[str, str]] = []
         if listing.flags:  # a CONDSTORE pass with no change at the source reads no row
             only = None if listing.complete else listing.flags.keys()
             rows = self.journal.copied(src, validity, dst, only)
-            count = self._apply_flags(target, plan, validity, rows, listing.flags)
-        self.journal.set_flag_mark(src, validity, dst, listing.mark)
+            count, bases, found = self._apply_flags(target, plan, rows, listing.flags)
+        # The new bases, the mark and the count: one transaction.
+        self.journal.flags_followed(src, validity, dst, bases, found, listing.mark, count)
         return count
 
     def _apply_flags(
         self,
         target: Target,
         plan: FolderPlan,
-        validity: str,
         rows: list[Copied],
         current: dict[str, frozenset[str]],
-    ) -> int:
-        """Three-way: push what changed at the source since the base, in one bulk update."""
-        src, dst = plan.source.path, plan.target
+    ) -> tuple[int, list[tuple[str, frozenset[str]]], list[tuple[str, str]]]:
+        """Three-way: push what changed at the source since the base, in one bulk update.
+        Returns how many messages changed, their new bases (source id, flags) and the target
+        ids found by key (source id, target id), for the journal."""
+        dst = plan.target
         unknown: list[tuple[str, frozenset[str]]] = []
         changed: list[tuple[Copied, frozenset[str]]] = []
         for row in rows:
@@ -138,7 +136,7 @@ class Converger:
             elif now != row.flags:
                 changed.append((row, now))
         if not changed and not unknown:
-            return 0
+            return 0, [], []
         ids, found = self._target_ids(target, dst, [row for row, _ in changed])
         groups: dict[tuple[frozenset[str], frozenset[str]], list[str]] = defaultdict(list)
         applied: list[tuple[str, frozenset[str]]] = []
@@ -153,8 +151,7 @@ class Converger:
             target.update_flags(
                 dst, [FlagChange(add, remove, tids) for (add, remove), tids in groups.items()]
             )
-        self.journal.set_flags(src, validity, dst, applied + unknown, found)
-        return len(applied)
+        return len(applied), applied + unknown, found
 
     def _target_ids(
         self, target: Target, dst: FolderPath, rows: Sequence[Copied]
@@ -206,7 +203,6 @@ class Converger:
                 # Unreadable now: nothing of it is taken as gone (its copies stay).
                 self.notice(f"{plan.source_name}: not mirrored: {exc}")
                 continue
-            self.journal.open_folder(src, state.validity, dst)
             known = self.journal.done_ids(src, state.validity, dst)
             copied = self.journal.count_done(src, state.validity, dst)
             sides.append(_Side(plan, state.validity, known, copied, now))
@@ -232,9 +228,13 @@ class Converger:
         changes: dict[FolderPath, FolderChanges] = defaultdict(FolderChanges)
         if any(gone.values()):
             self._mirror(source, target, sides, gone, changes)
-        for side in sides:
-            counts = changes.get(side.src) or FolderChanges()
-            self.journal.set_changes(side.src, side.dst, moved=counts.moved, removed=counts.removed)
+        self.journal.set_changes(
+            [
+                (side.src, side.dst, counts.moved, counts.removed)
+                for side in sides
+                for counts in [changes.get(side.src) or FolderChanges()]
+            ]
+        )
         return changes
 
     def _mirror(
