@@ -43,7 +43,7 @@ from benchmarks.peers import (
     _migrator,
     job_env,
 )
-from benchmarks.run import BENCH, PASSWORD, install_corpus, load_corpus, say, timed
+from benchmarks.run import BENCH, PASSWORD, git_rev, install_corpus, load_corpus, say, timed
 
 RESULTS = BENCH / "results"
 #: The change set, as fractions of the messages.
@@ -142,6 +142,7 @@ def main(argv: list[str]) -> int:
     from tests.dovecot import DovecotServer, make_ca
 
     started_at = datetime.now(UTC)
+    started_load = os.getloadavg()[0]
     corpus = load_corpus(CorpusSpec(args.messages, args.seed), args)
     workdir = args.cache_dir / f"delta-{os.getpid()}"
     shutil.rmtree(workdir, ignore_errors=True)
@@ -219,7 +220,12 @@ def main(argv: list[str]) -> int:
         "started": started_at.isoformat(timespec="seconds"),
         "command": [sys.executable, "benchmarks/delta.py", *argv],
         "messages": args.messages,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "git": git_rev(),
+            "load_before": started_load,
+        },
         "figures": figures,
         "imapsync_over_migrator": ratio,
     }
