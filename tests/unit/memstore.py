@@ -64,6 +64,8 @@ class MemoryStore(Source, Target):
         self.max_message_size = None
         #: Calls of update_flags (one per folder and pass, whatever the number of messages).
         self.flag_updates = 0
+        #: Appends that do not tell the new message's id (a server without UIDPLUS).
+        self.no_uidplus = False
         #: Move the messages, then raise Crash before the caller hears of it, once.
         self.crash_in_move = False
 
@@ -146,7 +148,8 @@ class MemoryStore(Source, Target):
                 results.append(AppendResult(error="refused by test"))
                 continue
             box.messages.append(Stored(box.next_uid, data, ref.flags - UNCOPIED_FLAGS, ref.date))
-            results.append(AppendResult(target_id=f"{box.validity}:{box.next_uid}"))
+            target_id = None if self.no_uidplus else f"{box.validity}:{box.next_uid}"
+            results.append(AppendResult(target_id=target_id))
             box.next_uid += 1
         if self.crash_after_append == self.appends:
             raise Crash()

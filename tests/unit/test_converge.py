@@ -287,3 +287,21 @@ def test_sync_leaves_what_delete_source_archived(tmp_path):
     assert src.bodies(("INBOX",)) == [] and len(dst.bodies(("INBOX",))) == 12
     summary = run(src, dst, tmp_path / "j", mirror=True)
     assert summary.total("removed") == 0 and len(dst.bodies(("INBOX",))) == 12
+
+
+def test_copies_whose_id_the_target_did_not_tell_are_found_by_key(tmp_path):
+    src, dst = _source(), MemoryStore(label="dst")
+    dst.no_uidplus = True
+    run(src, dst, tmp_path / "j")
+    _set(src, ("INBOX",), 0, {"\\Flagged"})
+    _move(src, 5, ("INBOX",), ("Archive",))
+    summary = run(src, dst, tmp_path / "j", mirror=True)
+    assert (summary.total("flagged"), summary.total("moved")) == (1, 1)
+    assert _flags(dst, ("INBOX",), 0) == {"\\Flagged"}
+    assert message(5) in dst.bodies(("Archive",)) and message(5) not in dst.bodies(("INBOX",))
+    journal = Journal.open(tmp_path / "j")
+    try:
+        rows = journal.copied(("INBOX",), "1", ("INBOX",))
+        assert any(r.dst_id for r in rows)  # found ids are kept for the next pass
+    finally:
+        journal.close()
