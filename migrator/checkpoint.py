@@ -16,6 +16,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -27,10 +28,10 @@ from pathlib import Path
 from typing import TypeVar
 
 from migrator.errors import JournalError
-from migrator.model import FolderPath, MessageRef
+from migrator.model import UNCOPIED_FLAGS, FolderPath, MessageRef
 from migrator.scrub import scrub
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -41,6 +42,12 @@ CREATE TABLE IF NOT EXISTS folders (
     reconciled INTEGER NOT NULL DEFAULT 0,
     -- messages the last run selected in the source folder (status: pending = selected - settled)
     selected INTEGER,
+    -- what the last pass changed on messages copied before: flags updated, moved, removed
+    flagged INTEGER NOT NULL DEFAULT 0,
+    moved INTEGER NOT NULL DEFAULT 0,
+    removed INTEGER NOT NULL DEFAULT 0,
+    -- where the next pass's flag listing may start (a CONDSTORE mod-sequence), under validity
+    flag_mark TEXT,
     PRIMARY KEY (src_folder, dst_folder)
 );
 CREATE TABLE IF NOT EXISTS messages (
@@ -56,10 +63,15 @@ CREATE TABLE IF NOT EXISTS messages (
     error TEXT,
     deleted INTEGER NOT NULL DEFAULT 0,
     updated REAL NOT NULL,
+    -- the source's flags as copied or last applied to the target: the common base of the
+    -- three-way comparison (NULL: not known, journals of version 1)
+    flags TEXT,
     PRIMARY KEY (src_folder, validity, src_id, dst_folder)
 );
 CREATE INDEX IF NOT EXISTS messages_by_target ON messages (dst_folder, state);
 CREATE TABLE IF NOT EXISTS targets (dst_folder TEXT PRIMARY KEY, resume_point TEXT);
+-- the target folder chosen for each source folder on first use, kept on later passes
+CREATE TABLE IF NOT EXISTS mapping (src_folder TEXT PRIMARY KEY, dst_folder TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY,
     started REAL NOT NULL,
@@ -111,6 +123,30 @@ def folder_path(text: str) -> FolderPath:
     return tuple(json.loads(text))
 
 
+def flags_text(flags: Iterable[str]) -> str:
+    """Flags as the journal keeps them: sorted, space-separated (IMAP flags hold no space)."""
+    return " ".join(sorted(set(flags) - UNCOPIED_FLAGS))
+
+
+def parse_flags_text(text: str | None) -> frozenset[str] | None:
+    return None if text is None else frozenset(text.split())
+
+
+@dataclass(frozen=True)
+class Copied:
+    """A message the journal says the target holds: copied by this job ('done') or found there
+    ('skipped'), with the flags last applied to the target (None: not known)."""
+
+    src_id: str
+    dst_id: str | None
+    key: str
+    size: int
+    flags: frozenset[str] | None
+    state: str
+    #: Removed from the source by --delete-source (gone on purpose: not to mirror).
+    deleted: bool = False
+
+
 @dataclass(frozen=True)
 class FolderCounts:
     src_folder: FolderPath
@@ -119,6 +155,10 @@ class FolderCounts:
     skipped: int
     failed: int
     pending: int
+    #: What the last pass changed in copies made before (see migrator.converge).
+    flagged: int = 0
+    moved: int = 0
+    removed: int = 0
 
 
 @dataclass(frozen=True)
@@ -144,6 +184,11 @@ class Commit:
     append_rate: float | None = None
 
 
+#: The tables _SCHEMA creates: a database holding only these is a journal whose creation may
+#: have been cut off before its schema version was written.
+_OWN_TABLES = frozenset(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", _SCHEMA))
+
+
 def _foreign_tables(db: sqlite3.Connection) -> str | None:
     """None for an empty database or a migrator journal; else a few of the tables it holds, for
     the message that refuses it (its tables are never added to another program's database)."""
@@ -151,7 +196,7 @@ def _foreign_tables(db: sqlite3.Connection) -> str | None:
         row[0]
         for row in db.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")
     ]
-    if not tables:
+    if not tables or set(tables) <= _OWN_TABLES:  # empty, or ours (perhaps cut off mid-creation)
         return None
     if "meta" in tables:
         try:
@@ -233,14 +278,42 @@ class Journal:
             raise JournalError(f"{self.path or 'the journal'} is not a migrator journal: {foreign}")
         self._db.executescript(_SCHEMA)
         row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        if row is None:
-            self._db.execute(
-                "INSERT INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-            )
-        elif int(row[0]) > SCHEMA_VERSION:
+        if row is not None and int(row[0]) > SCHEMA_VERSION:
             raise JournalError(
                 f"the journal {self.path} was written by a newer migrator; upgrade migrator"
             )
+        if row is not None and int(row[0]) == SCHEMA_VERSION:
+            return
+        # One transaction: a crash in the middle leaves the journal as it was.
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            if row is not None and int(row[0]) < 2:
+                self._to_version_2()
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _to_version_2(self) -> None:
+        """Version 1 kept no folder mapping: each source folder keeps the target folder that holds
+        most of what was copied from it (two, after the special-use match changed, on Cyrus)."""
+        for table, column in (
+            ("messages", "flags TEXT"),
+            ("folders", "flagged INTEGER NOT NULL DEFAULT 0"),
+            ("folders", "moved INTEGER NOT NULL DEFAULT 0"),
+            ("folders", "removed INTEGER NOT NULL DEFAULT 0"),
+            ("folders", "flag_mark TEXT"),
+        ):
+            self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+        self._db.execute(
+            "INSERT OR IGNORE INTO mapping(src_folder, dst_folder) "
+            "SELECT src_folder, dst_folder FROM messages WHERE state IN ('done', 'skipped') "
+            "GROUP BY src_folder, dst_folder ORDER BY count(*) DESC"
+        )
 
     def close(self) -> None:
         with self._mutex:
@@ -332,6 +405,20 @@ class Journal:
             ).fetchone()
             return pending is None
 
+    def folder_targets(self) -> dict[FolderPath, FolderPath]:
+        """Source folder -> the target folder recorded for it on first use."""
+        rows = self._query("SELECT src_folder, dst_folder FROM mapping")
+        return {folder_path(s): folder_path(d) for s, d in rows}
+
+    def record_targets(self, pairs: Iterable[tuple[FolderPath, FolderPath]]) -> None:
+        """Record (or, for a mapping the user changed with --map, replace) each source folder's
+        target folder."""
+        with self._tx() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO mapping(src_folder, dst_folder) VALUES (?, ?)",
+                [(folder_text(s), folder_text(d)) for s, d in pairs],
+            )
+
     def set_selected(self, src: FolderPath, dst: FolderPath, count: int) -> None:
         with self._tx() as db:
             db.execute(
@@ -378,9 +465,9 @@ class Journal:
             _insert_rows(
                 db,
                 "INSERT OR REPLACE INTO messages(src_folder, validity, src_id, dst_folder, key, "
-                "size, state, updated)",
-                "(?, ?, ?, ?, ?, ?, 'skipped', ?)",
-                [(s, validity, r.id, d, r.key, r.size, now) for r in present],
+                "size, state, updated, flags)",
+                "(?, ?, ?, ?, ?, ?, 'skipped', ?, ?)",
+                [(s, validity, r.id, d, r.key, r.size, now, flags_text(r.flags)) for r in present],
             )
             db.execute(
                 "UPDATE folders SET reconciled=1 "
@@ -404,15 +491,26 @@ class Journal:
         with self._tx() as db:
             if after is not None:
                 self._record(db, after, now)
-            _insert_rows(
-                db,
-                "INSERT INTO messages(src_folder, validity, src_id, dst_folder, key, size, state, "
-                "updated)",
-                "(?, ?, ?, ?, ?, ?, 'pending', ?)",
-                [(s, validity, r.id, d, r.key, r.size, now) for r in refs],
-                "ON CONFLICT DO UPDATE SET state='pending', key=excluded.key, "
-                "size=excluded.size, updated=excluded.updated",
-            )
+            self._pending(db, s, validity, d, refs, now)
+
+    @staticmethod
+    def _pending(
+        db: sqlite3.Connection,
+        s: str,
+        validity: str,
+        d: str,
+        refs: Iterable[MessageRef],
+        now: float,
+    ) -> None:
+        _insert_rows(
+            db,
+            "INSERT INTO messages(src_folder, validity, src_id, dst_folder, key, size, state, "
+            "updated, flags)",
+            "(?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
+            [(s, validity, r.id, d, r.key, r.size, now, flags_text(r.flags)) for r in refs],
+            "ON CONFLICT DO UPDATE SET state='pending', key=excluded.key, "
+            "size=excluded.size, updated=excluded.updated, flags=excluded.flags",
+        )
 
     def record(self, answers: Commit) -> None:
         """Record the target's answers for one batch, in one transaction (or with the next
@@ -430,11 +528,14 @@ class Journal:
         _insert_rows(
             db,
             "INSERT INTO messages(src_folder, validity, src_id, dst_folder, key, size, state, "
-            "dst_id, updated)",
-            "(?, ?, ?, ?, ?, ?, 'done', ?, ?)",
-            [(s, validity, r.id, d, r.key, r.size, dst_id, now) for r, dst_id in done],
+            "dst_id, updated, flags)",
+            "(?, ?, ?, ?, ?, ?, 'done', ?, ?, ?)",
+            [
+                (s, validity, r.id, d, r.key, r.size, dst_id, now, flags_text(r.flags))
+                for r, dst_id in done
+            ],
             "ON CONFLICT DO UPDATE SET state='done', dst_id=excluded.dst_id, error=NULL, "
-            "updated=excluded.updated",
+            "updated=excluded.updated, flags=excluded.flags",
         )
         _insert_rows(
             db,
@@ -500,6 +601,164 @@ class Journal:
                     [s, validity, *piece],
                 )
 
+    # -- later passes ----------------------------------------------------------------------
+
+    def copied(
+        self,
+        src: FolderPath,
+        validity: str,
+        dst: FolderPath,
+        only: Iterable[str] | None = None,
+    ) -> list[Copied]:
+        """The messages of this source folder (under ``validity``) that the target holds; with
+        ``only``, those of these source ids."""
+        head = (
+            "SELECT src_id, dst_id, key, size, flags, state, deleted FROM messages "
+            "WHERE src_folder=? AND validity=? AND dst_folder=? AND state IN ('done', 'skipped')"
+        )
+        args = [folder_text(src), validity, folder_text(dst)]
+        if only is None:
+            rows = self._query(head, args)
+        else:
+            rows = []
+            for piece in _statements(sorted(only)):
+                rows += self._query(
+                    f"{head} AND src_id IN ({', '.join('?' * len(piece))})", [*args, *piece]
+                )
+        return [
+            Copied(i, t, k, int(n), parse_flags_text(f), st, bool(gone))
+            for i, t, k, n, f, st, gone in rows
+        ]
+
+    def folder_validity(self, src: FolderPath, dst: FolderPath) -> str | None:
+        """The validity the folder pair was last copied under."""
+        rows = self._query(
+            "SELECT validity FROM folders WHERE src_folder=? AND dst_folder=?",
+            (folder_text(src), folder_text(dst)),
+        )
+        return rows[0][0] if rows else None
+
+    def count_done(self, src: FolderPath, validity: str, dst: FolderPath) -> int:
+        """How many messages of the folder this job copied (not found already there)."""
+        rows = self._query(
+            "SELECT count(*) FROM messages WHERE src_folder=? AND validity=? AND dst_folder=? "
+            "AND state='done'",
+            (folder_text(src), validity, folder_text(dst)),
+        )
+        return int(rows[0][0])
+
+    def set_flags(
+        self,
+        src: FolderPath,
+        validity: str,
+        dst: FolderPath,
+        flags: Sequence[tuple[str, frozenset[str]]],
+        ids: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        """The new common base (source id -> flags now on both sides), and target ids found by
+        key for copies whose append did not tell them (source id -> target id)."""
+        with self._tx() as db:
+            self._set_flags(db, folder_text(src), validity, folder_text(dst), flags, ids)
+
+    @staticmethod
+    def _set_flags(
+        db: sqlite3.Connection,
+        s: str,
+        validity: str,
+        d: str,
+        flags: Sequence[tuple[str, frozenset[str]]],
+        ids: Sequence[tuple[str, str]],
+    ) -> None:
+        db.executemany(
+            "UPDATE messages SET flags=? WHERE src_folder=? AND validity=? AND dst_folder=? "
+            "AND src_id=?",
+            [(flags_text(f), s, validity, d, i) for i, f in flags],
+        )
+        db.executemany(
+            "UPDATE messages SET dst_id=? WHERE src_folder=? AND validity=? AND dst_folder=? "
+            "AND src_id=?",
+            [(t, s, validity, d, i) for i, t in ids],
+        )
+
+    def flags_followed(
+        self,
+        src: FolderPath,
+        validity: str,
+        dst: FolderPath,
+        flags: Sequence[tuple[str, frozenset[str]]],
+        ids: Sequence[tuple[str, str]],
+        mark: str | None,
+        flagged: int,
+    ) -> None:
+        """A folder's flags followed: the new bases and found ids (see set_flags), where the
+        next listing may start (see FlagListing.mark), and how many messages changed (for
+        `status`), in one transaction."""
+        s, d = folder_text(src), folder_text(dst)
+        with self._tx() as db:
+            self._set_flags(db, s, validity, d, flags, ids)
+            db.execute(
+                "UPDATE folders SET flag_mark=?, flagged=? "
+                "WHERE src_folder=? AND dst_folder=? AND validity=?",
+                (mark, flagged, s, d, validity),
+            )
+
+    def forget(self, src: FolderPath, validity: str, dst: FolderPath, ids: Sequence[str]) -> None:
+        """Drop the rows of messages removed from the target (or moved out of this folder)."""
+        s, d = folder_text(src), folder_text(dst)
+        with self._tx() as db:
+            for piece in _statements(list(ids)):
+                db.execute(
+                    "DELETE FROM messages WHERE src_folder=? AND validity=? AND dst_folder=? "
+                    f"AND src_id IN ({', '.join('?' * len(piece))})",
+                    [s, validity, d, *piece],
+                )
+
+    def begin_many(
+        self, batches: Sequence[tuple[FolderPath, str, FolderPath, Sequence[MessageRef]]]
+    ) -> None:
+        """begin() for several folders, in one transaction (the intent of a pass's moves)."""
+        now = time.time()
+        with self._tx() as db:
+            for src, validity, dst, refs in batches:
+                self._pending(db, folder_text(src), validity, folder_text(dst), refs, now)
+
+    def moved(
+        self, moves: Sequence[tuple[tuple[FolderPath, str, FolderPath], Sequence[str], Commit]]
+    ) -> None:
+        """Moves confirmed by the target: for each, the old rows ((source folder, validity,
+        target folder), source ids) go and the new folder's rows (begun 'pending' before the
+        move) are done; all in one transaction."""
+        now = time.time()
+        with self._tx() as db:
+            for (src, validity, dst), ids, into in moves:
+                s, d = folder_text(src), folder_text(dst)
+                for piece in _statements(list(ids)):
+                    db.execute(
+                        "DELETE FROM messages WHERE src_folder=? AND validity=? AND dst_folder=? "
+                        f"AND src_id IN ({', '.join('?' * len(piece))})",
+                        [s, validity, d, *piece],
+                    )
+                self._record(db, into, now)
+
+    def flag_mark(self, src: FolderPath, validity: str, dst: FolderPath) -> str | None:
+        """Where the folder's next flag listing may start (see FlagListing.mark)."""
+        rows = self._query(
+            "SELECT flag_mark FROM folders WHERE src_folder=? AND dst_folder=? AND validity=?",
+            (folder_text(src), folder_text(dst), validity),
+        )
+        return rows[0][0] if rows else None
+
+    def set_changes(self, changes: Sequence[tuple[FolderPath, FolderPath, int, int]]) -> None:
+        """What a sync pass moved into and removed from each folder (for `status`), at once."""
+        with self._tx() as db:
+            db.executemany(
+                "UPDATE folders SET moved=?, removed=? WHERE src_folder=? AND dst_folder=?",
+                [
+                    (moved, removed, folder_text(s), folder_text(d))
+                    for s, d, moved, removed in changes
+                ],
+            )
+
     # -- reporting -------------------------------------------------------------------------
 
     def counts(self) -> list[FolderCounts]:
@@ -508,17 +767,18 @@ class Journal:
         rows = self._query(
             "SELECT f.src_folder, f.dst_folder, f.selected, "
             "coalesce(sum(m.state='done'), 0), coalesce(sum(m.state='skipped'), 0), "
-            "coalesce(sum(m.state='failed'), 0), coalesce(sum(m.state='pending'), 0) "
+            "coalesce(sum(m.state='failed'), 0), coalesce(sum(m.state='pending'), 0), "
+            "f.flagged, f.moved, f.removed "
             "FROM folders f LEFT JOIN messages m "
             "ON m.src_folder=f.src_folder AND m.dst_folder=f.dst_folder AND m.validity=f.validity "
             "GROUP BY f.src_folder, f.dst_folder ORDER BY f.src_folder"
         )
         result = []
-        for s, d, selected, done, skipped, failed, pending in rows:
+        for s, d, selected, done, skipped, failed, pending, *last in rows:
             if selected is not None:
                 pending = max(pending, selected - done - skipped - failed)
             result.append(
-                FolderCounts(folder_path(s), folder_path(d), done, skipped, failed, pending)
+                FolderCounts(folder_path(s), folder_path(d), done, skipped, failed, pending, *last)
             )
         return result
 

@@ -6,6 +6,7 @@ Heavy modules (imapclient, sqlite3, tqdm, the stores) are imported inside the co
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import signal
@@ -466,8 +467,7 @@ def _flag_names(names: list[str]) -> frozenset[str]:
 # -- copy -----------------------------------------------------------------------------------
 
 
-@app.command()
-def copy(
+def _copy_command(
     source: Annotated[
         str,
         typer.Argument(
@@ -559,11 +559,10 @@ def copy(
         ),
     ] = None,
     debug: DebugOpt = False,
+    mirror: bool = False,
+    max_delete: int | None = None,
 ) -> None:
-    """Copy every selected message from SOURCE to TARGET, resumably.
-
-    Example: migrator copy imaps://alice@old.example.org imaps://alice@new.example.org
-    """
+    """`copy`, and with ``mirror`` `sync` (registered below with their own help)."""
     with _errors(debug):
         from migrator.account import (
             CopyJob,
@@ -594,6 +593,12 @@ def copy(
         )
         settings = RunSettings(workers=workers, retries=retries, timeout=timeout)
         options = copy_options(job, settings, dry_run=dry_run, label=option_label)
+        if mirror and delete_source:
+            raise ConfigError(
+                "sync mirrors the source, and --delete-source empties it: archive with "
+                "copy --delete-source instead"
+            )
+        options.mirror, options.max_delete = mirror, max_delete
         src = _open_side(
             source,
             "source",
@@ -659,6 +664,64 @@ def copy(
         raise typer.Exit(int(ExitStatus.OK if summary.ok else ExitStatus.PARTIAL))
 
 
+def _register_copy_command(name: str, doc: str, extra: Sequence[inspect.Parameter]) -> None:
+    """`copy` and `sync` take the same options (sync adds --max-delete): one implementation,
+    _copy_command, registered under each name with the parameters Typer should show."""
+    shown = [
+        p
+        for p in inspect.signature(_copy_command, eval_str=True).parameters.values()
+        if p.name not in ("mirror", "max_delete")
+    ]
+    shown += extra
+    mirror = name == "sync"
+
+    def command(**params: Any) -> None:
+        _copy_command(**params, mirror=mirror)
+
+    command.__signature__ = inspect.Signature(shown)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in shown}
+    command.__doc__ = doc
+    command.__name__ = name
+    app.command(name)(command)
+
+
+_register_copy_command(
+    "copy",
+    """Copy every selected message from SOURCE to TARGET, resumably. Flag changes made at the
+    source since the last pass follow; nothing is ever removed from TARGET.
+
+    Example: migrator copy imaps://alice@old.example.org imaps://alice@new.example.org
+    """,
+    [],
+)
+_register_copy_command(
+    "sync",
+    """Copy as `copy` does, then mirror: what this job copied and SOURCE no longer holds is
+    removed from TARGET, and what moved at SOURCE is moved on TARGET (not uploaded again).
+    Mail this job did not copy is never touched.
+
+    Example: migrator sync imaps://alice@old.example.org imaps://alice@new.example.org --dry-run
+    """,
+    [
+        inspect.Parameter(
+            "max_delete",
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            default=None,
+            annotation=Annotated[
+                int | None,
+                typer.Option(
+                    "--max-delete",
+                    min=0,
+                    help="Allow removing up to N messages from a folder even when that is more "
+                    "than half of what was copied there (the guard against a source that looks "
+                    "empty by mistake).",
+                ),
+            ],
+        )
+    ],
+)
+
+
 # -- verify ---------------------------------------------------------------------------------
 
 
@@ -691,6 +754,21 @@ def verify(
     list_missing: Annotated[
         bool, typer.Option("--list", help="Name every missing message.")
     ] = False,
+    ignore_flags: Annotated[
+        bool,
+        typer.Option(
+            "--ignore-flags",
+            help="Compare presence only: flag differences are neither listed nor an error.",
+        ),
+    ] = False,
+    state: Annotated[
+        Path | None,
+        typer.Option(
+            "--state",
+            help="The copy's journal: each folder is compared with the target folder it was "
+            "copied to (default: the journal of these endpoints, when there is one).",
+        ),
+    ] = None,
     json_output: JsonOpt = False,
     source_password_file: SrcPwFile = None,
     target_password_file: DstPwFile = None,
@@ -703,7 +781,7 @@ def verify(
     debug: DebugOpt = False,
 ) -> None:
     """Compare SOURCE and TARGET folder by folder: counts, missing, extra, flag differences.
-    Exits 1 when anything is missing.
+    Exits 1 when anything is missing or flags differ (--ignore-flags: presence only).
 
     Example: migrator verify imaps://alice@old.example.org imaps://alice@new.example.org --list
     """
@@ -744,15 +822,33 @@ def verify(
         folder_map = profile_folders(folder_map, src.profile, dst.profile)[0]
         src.check_secret()
         dst.check_secret()
+        from migrator.account import default_state_path
+        from migrator.checkpoint import Journal
+
+        recorded = None
+        state = state or default_state_path(src.endpoint, dst.endpoint)
+        if state.exists():
+            journal = Journal.in_memory(state)
+            recorded = journal.folder_targets()
+            journal.close()
         with _connected(src.store()) as a, _connected(dst.store()) as b:
             show = (lambda name: _err(f"verifying {name}")) if sys.stderr.isatty() else None
-            checks = run_verify(a, b, folder_map, message_filter, by, show)
+            checks = run_verify(
+                a,
+                b,
+                folder_map,
+                message_filter,
+                by,
+                show,
+                compare_flags=not ignore_flags,
+                recorded=recorded,
+            )
         if json_output:
             typer.echo(json.dumps(verify_json(checks), ensure_ascii=False))
         else:
             typer.echo(verify_table(checks, list_missing))
         totals = summary(checks)
-        bad = totals["missing"] or totals["errors"]
+        bad = totals["missing"] or totals["errors"] or totals["flag_differences"]
         raise typer.Exit(int(ExitStatus.PARTIAL if bad else ExitStatus.OK))
 
 

@@ -21,10 +21,11 @@ from typing import Protocol, cast
 
 from migrator import heap
 from migrator.checkpoint import Commit, Journal
+from migrator.converge import Converger, FolderChanges
 from migrator.errors import ConnectError, FolderError, MessageError, StoreError
 from migrator.filters import MessageFilter
-from migrator.folders import FolderMap, FolderPlan
-from migrator.model import FolderPath, MessageRef, crlf_size, display_name, message_key
+from migrator.folders import FolderMap, FolderPlan, keep_recorded
+from migrator.model import Folder, FolderPath, MessageRef, crlf_size, display_name, message_key
 from migrator.ratelimit import (
     ByteBudgets,
     TokenBucket,
@@ -33,7 +34,7 @@ from migrator.ratelimit import (
     size_reason,
 )
 from migrator.rules import MessageRules, loose_key
-from migrator.stores.base import AppendResult, Source, Target
+from migrator.stores.base import AppendResult, FlagChange, Source, Target
 
 
 @dataclass
@@ -66,6 +67,10 @@ class CopyOptions:
     size_limit_origin: str = "the target's profile"
     #: Waits a server may ask for ("Suggested Backoff Time") per folder before the run gives up.
     max_throttles: int = 50
+    #: `sync`: also remove from the target what this job copied and the source no longer holds,
+    #: and move what moved (see migrator.converge); --max-delete lifts the guard up to N a folder.
+    mirror: bool = False
+    max_delete: int | None = None
 
 
 @dataclass
@@ -82,6 +87,10 @@ class FolderStats:
     #: Messages a rule changed (see migrator.rules), and how many times each rule did.
     changed: int = 0
     changes: Counter[str] = field(default_factory=Counter)
+    #: What this pass changed in messages copied before (see migrator.converge).
+    flagged: int = 0
+    moved: int = 0
+    removed: int = 0
 
 
 @dataclass
@@ -168,6 +177,25 @@ class DryRunTarget(Target):
 
     def index(self, path: FolderPath) -> list[str]:
         return list(self.inner.index(path))
+
+    @property
+    def can_update(self) -> bool:  # type: ignore[override]
+        return self.inner.can_update
+
+    def present_ids(self, path: FolderPath, ids: Sequence[str]) -> set[str]:
+        return self.inner.present_ids(path, ids)
+
+    def ids_by_key(self, path: FolderPath) -> list[tuple[str, str]]:
+        return self.inner.ids_by_key(path)
+
+    def update_flags(self, path: FolderPath, changes: Sequence[FlagChange]) -> None:
+        pass
+
+    def remove(self, path: FolderPath, ids: Sequence[str]) -> None:
+        pass
+
+    def move(self, path: FolderPath, ids: Sequence[str], to: FolderPath) -> list[str | None]:
+        return [None for _ in ids]
 
     def append(
         self, path: FolderPath, items: Sequence[tuple[MessageRef, bytes]]
@@ -347,6 +375,7 @@ class Engine:
         self._helpable: list[_Helpable] = []
         self._busy = 0
         self._helping = threading.Condition()
+        self._converger = Converger(journal, options.dry_run, options.max_delete, self._notice)
 
     def _notice(self, text: str) -> None:
         self._notices.append(text)
@@ -365,6 +394,16 @@ class Engine:
             plans = self.options.folder_map.plan(
                 source_folders, target.list_folders(), target.delimiter
             )
+            plans = self._keep_targets(plans)
+            mirrored: dict[FolderPath, FolderChanges] = {}
+            if self.options.mirror:
+                listed = {f.path for f in source_folders}
+                vanished = [
+                    (src, dst)
+                    for src, dst in self.journal.folder_targets().items()
+                    if src not in listed and self.options.folder_map.selected(Folder(src))
+                ]
+                mirrored = self._converger.mirror(source, target, plans, vanished)
         except BaseException:
             source.close()
             target.close()
@@ -402,6 +441,10 @@ class Engine:
         for unit in units.values():
             work.put(unit)
         stats = {id(plan): FolderStats(plan) for plan in plans}
+        for plan in plans:
+            if plan.source.path in mirrored:
+                done = mirrored[plan.source.path]
+                stats[id(plan)].moved, stats[id(plan)].removed = done.moved, done.removed
         count = max(1, self.options.workers)
         threads = [
             threading.Thread(
@@ -435,6 +478,14 @@ class Engine:
             notices=self._notices,
             stopped=self._stopped,
         )
+
+    def _keep_targets(self, plans: list[FolderPlan]) -> list[FolderPlan]:
+        """Each source folder goes where the journal recorded it on the first pass (see
+        folders.keep_recorded); first choices are recorded now."""
+        kept, chosen = keep_recorded(plans, self.journal.folder_targets())
+        if chosen:
+            self.journal.record_targets(chosen)
+        return kept
 
     def _worker(
         self,
@@ -571,6 +622,9 @@ class Engine:
         validity = state.validity
         reconciled = journal.open_folder(src, validity, dst)
         done = journal.done_ids(src, validity, dst)
+        # Flags first, for what earlier passes copied: a source that marks what we fetch \Seen
+        # (iCloud, without its profile) shows that at the next pass, not in this one.
+        stats.flagged += self._converger.follow_flags(source, target, plan, validity, bool(done))
         wanted = options.message_filter.include
         selected_ids: set[str] | None = None
         if listing.validity != validity:

@@ -8,7 +8,7 @@ between levels, whatever the servers use.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
 
 from migrator.errors import ConfigError
@@ -236,3 +236,27 @@ def _safe_levels(path: FolderPath, delimiter: str | None) -> tuple[FolderPath, b
         return path, False
     safe = tuple(level.replace(delimiter, DELIMITER_SUBSTITUTE) for level in path)
     return safe, safe != path
+
+
+#: FolderPlan notes of a target folder the user chose (a new choice replaces the recorded one).
+USER_MAPPINGS = ("--map", "--into", "--to-folder")
+
+
+def keep_recorded(
+    plans: Sequence[FolderPlan], recorded: Mapping[FolderPath, FolderPath]
+) -> tuple[list[FolderPlan], list[tuple[FolderPath, FolderPath]]]:
+    """Plans with each source folder going where it went on the first pass (``recorded``, from
+    the journal): a special-use folder that appeared in the target since, or a child folder named
+    like one, never sends the same messages to a second folder. Only the user's own --map,
+    --into or --to-folder moves a folder. Also returns the choices to record (first ones, and
+    the user's new ones)."""
+    kept: list[FolderPlan] = []
+    chosen: list[tuple[FolderPath, FolderPath]] = []
+    for plan in plans:
+        before = recorded.get(plan.source.path)
+        if before is None or (plan.note in USER_MAPPINGS and before != plan.target):
+            chosen.append((plan.source.path, plan.target))
+        elif before != plan.target:
+            plan = replace(plan, target=before, note="kept from the first pass")
+        kept.append(plan)
+    return kept, chosen

@@ -97,6 +97,17 @@ def copy_table(summary: RunSummary) -> str:
     deleted = summary.total("deleted")
     if deleted:
         footer += f"; {deleted} deleted from the source"
+    converged = [
+        (summary.total(key), text)
+        for key, text in (
+            ("flagged", "flags updated"),
+            ("moved", "moved"),
+            ("removed", "removed from the target"),
+        )
+    ]
+    if any(n for n, _ in converged):
+        prefix = "would have: " if summary.dry_run else ""
+        footer += "; " + prefix + ", ".join(f"{n} {text}" for n, text in converged if n)
     if summary.interrupted:
         footer += "; interrupted: run the same command again to finish"
     lines.append(footer)
@@ -128,6 +139,9 @@ def copy_json(summary: RunSummary) -> dict[str, Any]:
         "deleted": summary.total("deleted"),
         "changed": summary.total("changed"),
         "changes": dict(summary.changes()),
+        "flagged": summary.total("flagged"),
+        "moved": summary.total("moved"),
+        "removed": summary.total("removed"),
         "stopped": summary.stopped,
         # What the run said on the way (folders left out, renamed, a reconnect), as on stderr.
         "notices": list(summary.notices),
@@ -143,6 +157,9 @@ def copy_json(summary: RunSummary) -> dict[str, Any]:
                 "error": f.error,
                 "failures": [{"id": i, "reason": r} for i, r in f.failures],
                 "changed": f.changed,
+                "flagged": f.flagged,
+                "moved": f.moved,
+                "removed": f.removed,
             }
             for f in summary.folders
         ],
@@ -196,6 +213,11 @@ def verify_table(checks: Sequence[FolderCheck], list_missing: bool) -> str:
     verdict = "nothing missing" if totals["missing"] == 0 else f"{totals['missing']} missing"
     if totals["missing"] and not list_missing:
         verdict += " (--list names them)"
+    if totals["flag_differences"]:
+        verdict += (
+            f"; flags differ on {totals['flag_differences']} message(s) (listed above; "
+            "--ignore-flags compares presence only)"
+        )
     lines.append(verdict)
     return "\n".join(lines)
 
@@ -213,7 +235,7 @@ def verify_json(checks: Sequence[FolderCheck]) -> dict[str, Any]:
 
     return {
         **summary(checks),
-        "ok": summary(checks)["missing"] == 0,
+        "ok": summary(checks)["missing"] == 0 and summary(checks)["flag_differences"] == 0,
         "folders": [
             {
                 "sources": c.sources,
@@ -258,6 +280,7 @@ def status_data(journal: Journal) -> dict[str, Any]:
                 "skipped": c.skipped,
                 "failed": c.failed,
                 "pending": c.pending,
+                "last_pass": {"flagged": c.flagged, "moved": c.moved, "removed": c.removed},
             }
             for c in journal.counts()
         ],
@@ -312,6 +335,13 @@ def status_text(data: dict[str, Any]) -> str:
     ).splitlines()
     body.insert(len(body) - 1, body[1])
     lines += body
+    for f in data["folders"]:
+        last = f["last_pass"]
+        if any(last.values()):
+            lines.append(
+                f"last pass: {f['source']}: {last['flagged']} flags updated, {last['moved']} "
+                f"moved in, {last['removed']} removed"
+            )
     for f in data["failures"]:
         lines.append(f"failed: {f['folder']} #{f['id']} ({f['attempts']}x): {f['reason']}")
     refused = sum(1 for f in data["failures"] if f["kind"] == "refused")

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from migrator.errors import FolderError
 from migrator.filters import MessageFilter
-from migrator.folders import FolderMap, FolderPlan
+from migrator.folders import FolderMap, FolderPlan, keep_recorded
 from migrator.model import UNCOPIED_FLAGS, FolderPath, MessageRef, display_name, header_fields
 from migrator.stores.base import Source
 
@@ -93,13 +93,19 @@ def verify(
     message_filter: MessageFilter,
     by: str = "digest",
     progress: Callable[[str], None] | None = None,
+    compare_flags: bool = True,
+    recorded: Mapping[FolderPath, FolderPath] | None = None,
 ) -> list[FolderCheck]:
-    """Compare every selected source folder with the target folder `copy` would use."""
+    """Compare every selected source folder with the target folder `copy` would use (the one
+    the copy's journal recorded, when given: ``recorded``); with ``compare_flags`` False
+    (--ignore-flags), presence only."""
     target_folders = target.list_folders()
     existing = {f.path for f in target_folders if f.selectable}
     plans = folder_map.plan(
         source.list_folders(), target_folders, getattr(target, "delimiter", None)
     )
+    if recorded:
+        plans = keep_recorded(plans, recorded)[0]
     groups: dict[FolderPath, list[FolderPlan]] = defaultdict(list)
     for plan in plans:
         groups[plan.target].append(plan)
@@ -122,7 +128,7 @@ def verify(
         except FolderError as exc:
             check.error = str(exc)
             continue
-        _compare(check, wanted, have)
+        _compare(check, wanted, have, compare_flags)
     return checks
 
 
@@ -130,6 +136,7 @@ def _compare(
     check: FolderCheck,
     wanted: dict[str, list[MessageInfo]],
     have: dict[str, list[MessageInfo]],
+    compare_flags: bool = True,
 ) -> None:
     for key, sources in wanted.items():
         copies = sorted(have.get(key, []), key=lambda i: sorted(i.flags))
@@ -141,7 +148,7 @@ def _compare(
                 check.missing.append(src)
                 continue
             copies.remove(match)
-            if match.flags != src.flags:
+            if compare_flags and match.flags != src.flags:
                 check.flag_differences.append(
                     (src, src.flags - match.flags, match.flags - src.flags)
                 )

@@ -39,6 +39,26 @@ class AppendResult:
         return self.error is None
 
 
+@dataclass(frozen=True)
+class FlagChange:
+    """Flags to add and to remove on a set of target messages: one STORE pair for all of them."""
+
+    add: frozenset[str]
+    remove: frozenset[str]
+    ids: Sequence[str]
+
+
+@dataclass(frozen=True)
+class FlagListing:
+    """Source flags by message id: all of the folder's messages (``complete``), or those changed
+    since an earlier listing. ``mark`` is where the next one may start (a CONDSTORE
+    HIGHESTMODSEQ), None when the store cannot list changes only."""
+
+    flags: dict[str, frozenset[str]]
+    complete: bool
+    mark: str | None = None
+
+
 class Store:
     """What both roles share. ``label`` names the endpoint in messages (never with a secret)."""
 
@@ -97,6 +117,22 @@ class Source(Store):
         """Remove exactly these messages (already confirmed by the target and the journal)."""
         raise NotImplementedError
 
+    def message_ids(self, path: FolderPath) -> set[str]:
+        """The ids of every message of an opened folder, as cheaply as the protocol allows."""
+        return set(self.flag_listing(path).flags)
+
+    def flag_mark(self, path: FolderPath) -> str | None:
+        """Where a flag listing of the folder starting now may start later (FlagListing.mark);
+        None when the store cannot list changes only."""
+        return None
+
+    def flag_listing(self, path: FolderPath, since: str | None = None) -> FlagListing:
+        """The flags of an opened folder's messages, for a later pass to compare with those it
+        copied: every message, or with ``since`` (a ``FlagListing.mark`` of an earlier listing)
+        those changed since, where the store can tell (IMAP CONDSTORE, RFC 7162)."""
+        flags = {ref.id: ref.flags for ref in self.list_messages(path, keys=False)}
+        return FlagListing(flags, complete=True)
+
 
 class Target(Store):
     """Where messages go."""
@@ -133,6 +169,35 @@ class Target(Store):
     ) -> list[AppendResult]:
         """Store the messages with their flags and dates, one result per item, in order. A result
         without error means the message is durably in the target."""
+        raise NotImplementedError
+
+    # -- later passes (see SPEC "Passes converge"); a store without them keeps what it holds --
+
+    #: True when the flags of a stored message can be changed (IMAP STORE, a Maildir file's
+    #: name), and stored messages removed and moved (what `sync` needs).
+    can_update: bool = False
+
+    def present_ids(self, path: FolderPath, ids: Sequence[str]) -> set[str]:
+        """Those of ``ids`` (as append() returned them) that are still in the folder: a copy
+        removed or moved meanwhile, or from before a renumbering, is not."""
+        raise NotImplementedError
+
+    def ids_by_key(self, path: FolderPath) -> list[tuple[str, str]]:
+        """(target id, identity key) of every message: for copies whose id the append did not
+        tell (no UIDPLUS). Costs a header read per message; used only for those."""
+        raise NotImplementedError
+
+    def update_flags(self, path: FolderPath, changes: Sequence[FlagChange]) -> None:
+        """Apply each change to its messages, in bulk (never a round trip per message)."""
+        raise NotImplementedError
+
+    def remove(self, path: FolderPath, ids: Sequence[str]) -> None:
+        """Remove exactly these messages and no other (ids gone already are no error)."""
+        raise NotImplementedError
+
+    def move(self, path: FolderPath, ids: Sequence[str], to: FolderPath) -> list[str | None]:
+        """Move these messages (present in ``path``) into ``to`` without uploading them again;
+        their new ids in order (None where the store cannot tell)."""
         raise NotImplementedError
 
     def resume_point(self, path: FolderPath) -> str | None:

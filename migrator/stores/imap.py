@@ -49,6 +49,8 @@ from migrator.stores.base import (
     LARGEST_MESSAGE,
     MIN_BYTES_PER_TIMEOUT,
     AppendResult,
+    FlagChange,
+    FlagListing,
     ServerAccess,
     Source,
     Target,
@@ -175,6 +177,8 @@ class ImapStore(Source, Target):
         self._client: IMAPClient | None = None
         self._caps: frozenset[str] = frozenset()
         self._selected: tuple[str, bool] | None = None
+        #: (name, UIDVALIDITY) of the folder last selected for changes (see _open_target).
+        self._selected_validity: tuple[str, str] | None = None
         self._existing: set[FolderPath] = set()
         #: Target folders whose rights were found to allow APPEND (or could not be asked).
         self._insertable: set[FolderPath] = set()
@@ -925,6 +929,168 @@ class ImapStore(Source, Target):
                 results.append(AppendResult(error=f"the server said: {_text(data)}"))
         return results
 
+    # -- later passes: flags, removals and moves of copies (migrator.converge) ----------------
+
+    can_update = True
+
+    def message_ids(self, path: FolderPath) -> set[str]:
+        if self._gmail:
+            return super().message_ids(path)
+        return {str(uid) for uid in self._all_uids(path)}  # one UID SEARCH
+
+    def flag_mark(self, path: FolderPath) -> str | None:
+        """The folder's HIGHESTMODSEQ (CONDSTORE, RFC 7162), by STATUS."""
+        if "CONDSTORE" not in self._caps or self._gmail:
+            return None
+        with self._talk("STATUS HIGHESTMODSEQ"):
+            status = self._c.folder_status(self._name(path), [b"HIGHESTMODSEQ"])
+        return str(status.get(b"HIGHESTMODSEQ") or "") or None
+
+    def flag_listing(self, path: FolderPath, since: str | None = None) -> FlagListing:
+        """One UID FETCH of FLAGS for the folder; with CONDSTORE (RFC 7162) and ``since``, only
+        the messages whose flags changed since that mod-sequence (CHANGEDSINCE)."""
+        if self._gmail:
+            return super().flag_listing(path)
+        mark = self.flag_mark(path)
+        self._ensure_selected(path, readonly=True)
+        changed_only = mark is not None and since is not None and since.isdigit()
+        items = f"(UID FLAGS) (CHANGEDSINCE {since})" if changed_only else "(UID FLAGS)"
+        with self._talk("UID FETCH FLAGS"):
+            data = self._fetch("1:*", items)
+        flags = {str(uid): self._ref(uid, item, keys=False).flags for uid, item in data.items()}
+        return FlagListing(flags, complete=not changed_only, mark=mark)
+
+    def _open_target(self, path: FolderPath) -> str | None:
+        """SELECT the target folder for changes; its UIDVALIDITY, None when it does not exist
+        or is empty (nothing to list or change)."""
+        if not self._existing:
+            self.list_folders()
+        if path not in self._existing and path != INBOX:
+            return None
+        name = self._name(path)
+        known = self._selected_validity
+        if self._selected == (name, False) and known is not None and known[0] == name:
+            return known[1]  # still selected: a pass's moves out of one folder, one SELECT
+        info = self._select(path, readonly=False)
+        if not int(info.get(b"EXISTS", 0)):
+            return None
+        self._selected_validity = (name, str(info.get(b"UIDVALIDITY", 0)))
+        return self._selected_validity[1]
+
+    def _target_uids(self, path: FolderPath, ids: Sequence[str]) -> list[int]:
+        """The UIDs of ``ids`` ("UIDVALIDITY:UID", as append() gives them) that belong to the
+        folder's current UIDVALIDITY: an id from before a renumbering names nothing now."""
+        return _uids_of(ids, self._open_target(path))
+
+    def present_ids(self, path: FolderPath, ids: Sequence[str]) -> set[str]:
+        """One UID SEARCH UID <set> a META_BATCH of ids: what the server still has of them."""
+        validity = self._open_target(path)
+        uids = _uids_of(ids, validity)
+        found: set[str] = set()
+        with self._talk("UID SEARCH"):
+            for start in range(0, len(uids), META_BATCH):
+                chunk = uid_set(uids[start : start + META_BATCH])
+                found.update(f"{validity}:{uid}" for uid in self._c.search(["UID", chunk]))
+        return found
+
+    def ids_by_key(self, path: FolderPath) -> list[tuple[str, str]]:
+        validity = self._open_target(path)
+        if validity is None:
+            return []
+        return [(f"{validity}:{ref.id}", ref.key) for ref in self.list_messages(path)]
+
+    def update_flags(self, path: FolderPath, changes: Sequence[FlagChange]) -> None:
+        todo = [(change, self._target_uids(path, change.ids)) for change in changes]
+        with self._talk("UID STORE FLAGS"):
+            for change, uids in todo:
+                for start in range(0, len(uids), META_BATCH):
+                    chunk = uid_set(uids[start : start + META_BATCH])
+                    if change.add:
+                        self._c.add_flags(
+                            chunk, [f.encode() for f in sorted(change.add)], silent=True
+                        )
+                    if change.remove:
+                        self._c.remove_flags(
+                            chunk, [f.encode() for f in sorted(change.remove)], silent=True
+                        )
+
+    def _expunge(self, uids: Sequence[int]) -> None:
+        """\\Deleted and UID EXPUNGE of exactly these UIDs (UIDPLUS: never anyone else's)."""
+        if "UIDPLUS" not in self._caps:
+            raise FolderError(
+                f"{self.label}: the server lacks UIDPLUS, so an expunge could remove messages "
+                "this job did not copy; nothing was removed"
+            )
+        with self._talk("UID STORE/EXPUNGE"):
+            for start in range(0, len(uids), META_BATCH):
+                chunk = uid_set(uids[start : start + META_BATCH])
+                self._c.add_flags(chunk, [b"\\Deleted"], silent=True)
+                self._c.uid_expunge(chunk)
+
+    def remove(self, path: FolderPath, ids: Sequence[str]) -> None:
+        uids = self._target_uids(path, ids)
+        if uids:
+            self._expunge(uids)
+
+    def move(self, path: FolderPath, ids: Sequence[str], to: FolderPath) -> list[str | None]:
+        """UID MOVE (RFC 6851), or UID COPY and an expunge of exactly those UIDs; the new ids
+        from COPYUID (RFC 4315) when the server gives it."""
+        by_id = {
+            target_id: uid
+            for target_id, uid in zip(ids, self._uids_in_order(path, ids), strict=True)
+        }
+        uids = [uid for uid in by_id.values() if uid is not None]
+        new: dict[int, str] = {}
+        name = self._c._normalise_folder(self._name(to))
+        imap = self._c._imap
+        for start in range(0, len(uids), META_BATCH):
+            chunk = uids[start : start + META_BATCH]
+            command = "MOVE" if "MOVE" in self._caps else "COPY"
+            with self._talk(f"UID {command}"):
+                imap.untagged_responses.pop("OK", None)
+                typ, data = imap._simple_command("UID", command, uid_set(chunk), name)
+                said = [*imap.untagged_responses.pop("OK", []), *(data or [])]
+                imap.untagged_responses.pop("EXPUNGE", None)
+            if typ != "OK":
+                raise self._refused(f"UID {command}", _text(data))
+            new.update(_copyuid(b" ".join(_text_bytes(d) for d in said)))
+            if command == "COPY":
+                self._expunge(chunk)
+        return [new.get(uid) if uid is not None else None for uid in by_id.values()]
+
+    def _uids_in_order(self, path: FolderPath, ids: Sequence[str]) -> list[int | None]:
+        current = set(self._target_uids(path, ids))
+        result: list[int | None] = []
+        for target_id in ids:
+            uid = target_id.partition(":")[2]
+            result.append(int(uid) if uid.isdigit() and int(uid) in current else None)
+        return result
+
+
+def _uids_of(ids: Iterable[str], validity: str | None) -> list[int]:
+    """The UIDs of target ids ("UIDVALIDITY:UID") that belong to ``validity``."""
+    uids = []
+    for target_id in ids:
+        known, _, uid = target_id.partition(":")
+        if known == validity and uid.isdigit():
+            uids.append(int(uid))
+    return uids
+
+
+_COPYUID = re.compile(rb"\[COPYUID (\d+) ([0-9:,]+) ([0-9:,]+)\]", re.IGNORECASE)
+
+
+def _copyuid(response: bytes) -> dict[int, str]:
+    """Source UID -> new target id ("UIDVALIDITY:UID") from COPYUID answers (RFC 4315)."""
+    found: dict[int, str] = {}
+    for m in _COPYUID.finditer(response):
+        olds, news = expand_uid_set(m[2].decode()), expand_uid_set(m[3].decode())
+        if len(olds) == len(news):
+            found.update(
+                (old, f"{m[1].decode()}:{new}") for old, new in zip(olds, news, strict=True)
+            )
+    return found
+
 
 def _is_utf8(data: bytes) -> bool:
     try:
@@ -940,7 +1106,9 @@ def _zone(offset: timedelta) -> timezone:
 
 
 _META_LINE = re.compile(rb"(\d+) \((.*)\)", re.DOTALL)
-_META_ITEM = re.compile(rb'(UID|RFC822\.SIZE|FLAGS|INTERNALDATE) (\d+|\([^()"]*\)|"[^"]*")(?: |\Z)')
+_META_ITEM = re.compile(
+    rb'(UID|RFC822\.SIZE|FLAGS|INTERNALDATE|MODSEQ) (\d+|\([^()"]*\)|"[^"]*")(?: |\Z)'
+)
 _INTERNALDATE = re.compile(
     rb" ?(\d{1,2})-([A-Za-z]{3})-(\d{4}) (\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d)"
 )
@@ -987,6 +1155,10 @@ def parse_meta(data: Sequence[Any]) -> dict[int, dict[bytes, Any]] | None:
                 if date is None:
                     return None
                 item[name] = date
+            elif name == b"MODSEQ":  # sent with FLAGS once CONDSTORE is on (RFC 7162)
+                if not value[1:-1].isdigit():
+                    return None
+                item[name] = (int(value[1:-1]),)  # as imapclient gives it
             elif value[:1].isdigit():
                 item[name] = int(value)
             else:

@@ -47,7 +47,7 @@ from migrator.model import (
     crlf_size,
     message_key,
 )
-from migrator.stores.base import AppendResult, Source, Target
+from migrator.stores.base import AppendResult, FlagChange, Source, Target
 from migrator.stores.localfiles import (
     FILE_MODE,
     LOCK_TIMEOUT,
@@ -391,10 +391,7 @@ class MaildirStore(Source, Target):
         date = ref.date or date_from_headers(header_block(content)) or utc_now()
         stamp = (date - EPOCH) // timedelta(microseconds=1) * 1000  # exact, unlike float seconds
         os.utime(tmp, ns=(stamp, stamp))
-        flags = set(ref.flags) - UNCOPIED_FLAGS
-        info = "".join(sorted(FLAG_LETTERS[f] for f in flags if f in FLAG_LETTERS))
-        info += "".join(sorted(letters[k] for k in _keywords(flags)))
-        final = folder / "cur" / f"{base}:2,{info}"
+        final = folder / "cur" / f"{base}:2,{_info(ref.flags, letters)}"
         if final.exists():
             raise FileExistsError(f"{final} already exists")
         os.rename(tmp, final)
@@ -436,6 +433,92 @@ class MaildirStore(Source, Target):
             if match and match[2] == host and not pid_alive(int(match[1])):
                 with contextlib.suppress(OSError):
                     (tmp / name).unlink()
+
+    # -- later passes: flags, removals and moves of copies (migrator.converge) ----------------
+
+    can_update = True
+
+    def present_ids(self, path: FolderPath, ids: Sequence[str]) -> set[str]:
+        folder = self._dir(path)
+        if not (folder / "cur").is_dir():
+            return set()
+        return set(ids) & set(self._locate(folder))
+
+    def ids_by_key(self, path: FolderPath) -> list[tuple[str, str]]:
+        folder = self._dir(path)
+        if not (folder / "cur").is_dir():
+            return []
+        refs = (self._ref(folder, sub, name, {}) for sub, name in self._files(folder))
+        return [(ref.id, ref.key) for ref in refs if not ref.extra.get("error")]
+
+    def update_flags(self, path: FolderPath, changes: Sequence[FlagChange]) -> None:
+        """Rename each file to carry its new flags in the info suffix (into cur/)."""
+        folder = self._existing(path)
+        wanted = sorted({k for change in changes for k in _keywords(change.add)})
+        try:
+            letters = self._keyword_letters(folder, wanted)
+            by_letter = {letter: keyword for keyword, letter in letters.items()}
+            where = self._locate(folder)
+            for change in changes:
+                for target_id in change.ids:
+                    rel = where.get(target_id)
+                    if rel is None:
+                        continue
+                    sub, name = rel.split("/", 1)
+                    old = (
+                        info_flags(split_name(name)[1], by_letter) if sub == "cur" else frozenset()
+                    )
+                    info = _info((old | change.add) - change.remove, letters)
+                    os.rename(folder / rel, folder / "cur" / f"{target_id}:2,{info}")
+            for sub in SUBDIRS:
+                fsync_dir(folder / sub)
+        except OSError as exc:
+            raise StoreError(f"{self.label}: cannot rename in {folder}: {os_reason(exc)}") from None
+
+    def _keyword_letters(self, folder: Path, wanted: Sequence[str]) -> dict[str, str]:
+        """keyword -> letter of the folder, with ``wanted`` added (see _letters)."""
+        if wanted:
+            return self._letters(folder, wanted)
+        return {keyword: letter for letter, keyword in read_keywords(folder).items()}
+
+    def remove(self, path: FolderPath, ids: Sequence[str]) -> None:
+        self.delete(path, ids)
+
+    def move(self, path: FolderPath, ids: Sequence[str], to: FolderPath) -> list[str | None]:
+        """A rename into the other folder's cur/ (same file system): the bytes are not written
+        again; keywords take the letters of the new folder."""
+        folder, into = self._existing(path), self._dir(to)
+        if not (into / "cur").is_dir():
+            self.ensure_folder(to)
+        by_letter = read_keywords(folder)
+        where = self._locate(folder)
+        moving = []
+        for target_id in ids:
+            rel = where.get(target_id)
+            if rel is not None:
+                sub, name = rel.split("/", 1)
+                flags = info_flags(split_name(name)[1], by_letter) if sub == "cur" else frozenset()
+                moving.append((target_id, rel, flags))
+        try:
+            wanted = sorted({k for _, _, flags in moving for k in _keywords(flags)})
+            letters = self._keyword_letters(into, wanted)
+            for target_id, rel, flags in moving:
+                os.rename(folder / rel, into / "cur" / f"{target_id}:2,{_info(flags, letters)}")
+            if moving:
+                fsync_dir(into / "cur")
+                for sub in SUBDIRS:
+                    fsync_dir(folder / sub)
+        except OSError as exc:
+            raise StoreError(f"{self.label}: cannot move into {into}: {os_reason(exc)}") from None
+        done = {target_id for target_id, _, _ in moving}
+        return [target_id if target_id in done else None for target_id in ids]
+
+
+def _info(flags: Iterable[str], letters: dict[str, str]) -> str:
+    """The info letters of ``flags`` (keywords by the folder's dovecot-keywords letters)."""
+    kept = set(flags) - UNCOPIED_FLAGS
+    info = "".join(sorted(FLAG_LETTERS[f] for f in kept if f in FLAG_LETTERS))
+    return info + "".join(sorted(letters[k] for k in _keywords(kept) if k in letters))
 
 
 def _keywords(flags: Iterable[str]) -> list[str]:

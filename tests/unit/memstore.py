@@ -20,7 +20,7 @@ from migrator.model import (
     crlf_size,
     message_key,
 )
-from migrator.stores.base import AppendResult, Source, Target
+from migrator.stores.base import AppendResult, FlagChange, Source, Target
 
 
 @dataclass
@@ -62,6 +62,12 @@ class MemoryStore(Source, Target):
         self.refuse_marker: bytes | None = None
         self.appends = 0
         self.max_message_size = None
+        #: Calls of update_flags (one per folder and pass, whatever the number of messages).
+        self.flag_updates = 0
+        #: Appends that do not tell the new message's id (a server without UIDPLUS).
+        self.no_uidplus = False
+        #: Move the messages, then raise Crash before the caller hears of it, once.
+        self.crash_in_move = False
 
     # helpers for tests
     def add(self, folder: FolderPath, data: bytes, flags: Iterable[str] = (), date=None) -> None:
@@ -142,8 +148,60 @@ class MemoryStore(Source, Target):
                 results.append(AppendResult(error="refused by test"))
                 continue
             box.messages.append(Stored(box.next_uid, data, ref.flags - UNCOPIED_FLAGS, ref.date))
-            results.append(AppendResult(target_id=f"{box.validity}:{box.next_uid}"))
+            target_id = None if self.no_uidplus else f"{box.validity}:{box.next_uid}"
+            results.append(AppendResult(target_id=target_id))
             box.next_uid += 1
         if self.crash_after_append == self.appends:
             raise Crash()
         return results
+
+    # Later passes (migrator.converge)
+    can_update = True
+
+    def _by_id(self, path: FolderPath) -> dict[str, Stored]:
+        box = self.boxes.get(path)
+        return {f"{box.validity}:{m.uid}": m for m in box.messages} if box else {}
+
+    def present_ids(self, path: FolderPath, ids: Sequence[str]) -> set[str]:
+        return set(ids) & set(self._by_id(path))
+
+    def ids_by_key(self, path: FolderPath) -> list[tuple[str, str]]:
+        return [(i, message_key(m.data, crlf_size(m.data))) for i, m in self._by_id(path).items()]
+
+    def update_flags(self, path: FolderPath, changes: Sequence[FlagChange]) -> None:
+        self.flag_updates += 1
+        by_id = self._by_id(path)
+        for change in changes:
+            for i in change.ids:
+                if i in by_id:
+                    m = by_id[i]
+                    m.flags = (m.flags | change.add) - change.remove
+
+    def remove(self, path: FolderPath, ids: Sequence[str]) -> None:
+        gone = {self._by_id(path)[i].uid for i in ids if i in self._by_id(path)}
+        box = self.boxes[path]
+        box.messages = [m for m in box.messages if m.uid not in gone]
+
+    def move(self, path: FolderPath, ids: Sequence[str], to: FolderPath) -> list[str | None]:
+        by_id = self._by_id(path)
+        if self.crash_in_move:
+            self.crash_in_move = False
+            moving = [by_id[i] for i in ids if i in by_id]
+            self.remove(path, ids)
+            into = self.boxes.setdefault(to, Mailbox())
+            for m in moving:
+                into.messages.append(Stored(into.next_uid, m.data, m.flags, m.date))
+                into.next_uid += 1
+            raise Crash()
+        new: list[str | None] = []
+        into = self.boxes.setdefault(to, Mailbox())
+        for i in ids:
+            m = by_id.get(i)
+            if m is None:
+                new.append(None)
+                continue
+            into.messages.append(Stored(into.next_uid, m.data, m.flags, m.date))
+            new.append(f"{into.validity}:{into.next_uid}")
+            into.next_uid += 1
+        self.remove(path, [i for i in ids if i in by_id])
+        return new

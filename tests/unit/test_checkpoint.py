@@ -151,3 +151,19 @@ def test_a_database_of_another_program_is_refused_and_left_as_it_was(tmp_path):
     Journal.open(tmp_path / "ours.sqlite").close()
     (tmp_path / "empty.sqlite").touch()
     Journal.open(tmp_path / "empty.sqlite").close()
+
+
+def test_a_journal_cut_off_before_its_schema_version_was_written_still_opens(tmp_path):
+    import sqlite3
+
+    from migrator.checkpoint import _SCHEMA
+
+    path = tmp_path / "journal.sqlite"
+    with sqlite3.connect(path) as db:  # a kill between creating the tables and the version row
+        db.executescript(_SCHEMA)
+    db.close()
+    journal = Journal.open(path)
+    try:
+        assert journal._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+    finally:
+        journal.close()

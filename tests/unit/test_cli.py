@@ -99,3 +99,23 @@ def test_flag_names():
     assert _flag_names(["seen", "Flagged", "$Forwarded"]) == {"\\Seen", "\\Flagged", "$Forwarded"}
     with pytest.raises(ConfigError):
         _flag_names(["no spaces allowed"])
+
+
+def test_sync_takes_copys_options_and_max_delete_copy_does_not():
+    sync = runner.invoke(app, ["sync", "--help"], terminal_width=200)
+    copy = runner.invoke(app, ["copy", "--help"], terminal_width=200)
+    assert sync.exit_code == copy.exit_code == 0
+    assert "--max-delete" in sync.output and "--max-delete" not in copy.output
+    for option in ("--folder", "--map", "--dry-run", "--json", "--state", "--workers"):
+        assert option in sync.output and option in copy.output
+    result = runner.invoke(app, ["copy", "mbox:/nonexistent", "mbox:/tmp/x", "--max-delete", "3"])
+    assert result.exit_code == 2
+
+
+def test_sync_to_an_mbox_archive_is_refused_with_one_line(tmp_path):
+    (tmp_path / "in.mbox").write_bytes(b"From a@b Mon Jan  1 00:00:00 2018\nSubject: x\n\nhi\n")
+    argv = [sys.executable, "-m", "migrator", "sync", f"mbox:{tmp_path / 'in.mbox'}"]
+    argv += [f"mbox:{tmp_path / 'out'}", "--state", str(tmp_path / "j")]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "append-only" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

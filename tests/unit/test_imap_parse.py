@@ -109,13 +109,22 @@ def test_meta_parse_leaves_other_shapes_to_imapclient() -> None:
     }
     for other in (
         [(b"1 (UID 5 BODY[] {3}", b"abc"), b")"],  # a literal
-        [b"1 (UID 5 MODSEQ (12) " + date + b")"],  # an item it does not know
+        [b"1 (UID 5 X-GM-THRID 12 " + date + b")"],  # an item it does not know
         [b"1 (RFC822.SIZE 10 " + date + b")"],  # no UID
         [b'1 (UID 5 INTERNALDATE "31-Feb-2020 00:00:00 +0000")'],  # no such day
         [b'1 (UID 5 INTERNALDATE "01-Foo-2020 00:00:00 +0000")'],
         [b"1 (UID 5 FLAGS (\\Seen)"],  # unbalanced
     ):
         assert parse_meta(other) is None
+
+
+def test_meta_parse_reads_the_modseq_condstore_sends_with_flags() -> None:
+    line = b"1 (UID 5 FLAGS (\\Seen $x) MODSEQ (12345))"
+    assert parse_meta([line]) == {5: {b"SEQ": 1, b"FLAGS": (b"\\Seen", b"$x"), b"MODSEQ": (12345,)}}
+    assert parse_meta([line]) == {
+        uid: {k: v for k, v in item.items()}
+        for uid, item in parse_fetch_response([line], False, True).items()
+    }
 
 
 @given(

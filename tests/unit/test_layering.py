@@ -45,7 +45,14 @@ def test_stores_keep_to_their_room():
 
 
 def test_engine_and_core_never_name_a_concrete_store_or_print():
-    for name in ("engine.py", "checkpoint.py", "folders.py", "filters.py", "model.py"):
+    for name in (
+        "engine.py",
+        "converge.py",
+        "checkpoint.py",
+        "folders.py",
+        "filters.py",
+        "model.py",
+    ):
         source = (PACKAGE / name).read_text()
         used = imports(PACKAGE / name)
         assert not any(
