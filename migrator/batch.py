@@ -58,6 +58,7 @@ from migrator.account import (
     run_job,
     tls_notices,
 )
+from migrator.checkpoint import Journal
 from migrator.endpoints import (
     AccessOptions,
     Endpoint,
@@ -705,18 +706,27 @@ class Ledger:
 
 def journal_finished(path: Path) -> bool:
     """True when the account's journal says its last run completed (status 'done')."""
-    if not path.exists():
+    journal = Journal.peek(path)
+    if journal is None:
         return False
     try:
-        db = sqlite3.connect(path, timeout=5)
-        try:
-            db.execute("PRAGMA query_only=1")
-            row = db.execute("SELECT status FROM runs ORDER BY id DESC LIMIT 1").fetchone()
-        finally:
-            db.close()
-    except sqlite3.Error:
-        return False
-    return row is not None and row[0] == "done"
+        return journal.last_run_done()
+    finally:
+        journal.close()
+
+
+def journal_copied(path: Path, batch: str) -> tuple[int, int] | None:
+    """(messages, bytes) that reached the account's target during batch run ``batch``, by its
+    journal (see Journal.copied_in); None when that run never began to copy it."""
+    journal = Journal.peek(path)
+    if journal is None:
+        return None
+    try:
+        return journal.copied_in(batch)
+    except (sqlite3.Error, ValueError, KeyError, TypeError):
+        return None
+    finally:
+        journal.close()
 
 
 # -- results -------------------------------------------------------------------------------------
@@ -874,8 +884,8 @@ class AccountTask:
     job: CopyJob
     settings: RunSettings
     journal: str
+    #: The batch's tag: the Dask topic its events go to, and what stop_accounts() stops.
     topic: str | None = None
-    stop_event: str | None = None
     #: How long to wait for the journal's lock (a dead client's task may still be finishing).
     lock_wait: float = 120.0
 
@@ -930,25 +940,6 @@ class _EventReporter:
         self._send({"kind": "notice", "account": self._name, "text": text})
 
 
-def _wait_for_journal(path: Path, timeout: float, stop: threading.Event) -> None:
-    """Wait until no other process holds the journal's lock (a task of a client that died, still
-    finishing on a worker), for at most ``timeout`` seconds; Journal.open then says if not."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    deadline = time.monotonic() + timeout
-    while True:
-        fd = os.open(f"{path}.lock", os.O_CREAT | os.O_RDWR, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            return
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
-        if time.monotonic() >= deadline or stop.wait(0.5):
-            return
-
-
 def _first_error(summary: Any) -> str | None:
     for folder in summary.folders:
         if folder.error:
@@ -972,30 +963,61 @@ def run_account(task: AccountTask) -> AccountResult:
 
     stop = threading.Event()
     finished = threading.Event()
-    if worker is not None and task.stop_event:
-        _watch_stop(task.stop_event, stop, finished)
-    send({"kind": "started", "account": task.name, "worker": address})
-    started = time.monotonic()
     result = AccountResult(
         task.name, task.source, task.target, FAILED, worker=address, journal=task.journal
     )
-    reporter = _EventReporter(send, task.name)
+    with _stoppable(task.topic, stop):
+        if worker is not None:
+            _watch_client(worker, stop, finished)
+        if stop.is_set():  # the batch was stopped before this account started
+            result.status, result.error = INTERRUPTED, "the batch was interrupted"
+            finished.set()
+            return result
+        send({"kind": "started", "account": task.name, "worker": address})
+        started = time.monotonic()
+        reporter = _EventReporter(send, task.name)
+        path = Path(task.journal)
+        batch = task.topic or uuid.uuid4().hex
+        try:
+            Journal.wait_unlocked(path, task.lock_wait, stop)
+            _begin_attempt(path, batch)
+            summary = run_job(task.job, task.settings, path, reporter, stop)
+        except MigratorError as exc:
+            result.error = str(exc)
+        else:
+            result.status = INTERRUPTED if summary.interrupted else DONE if summary.ok else PARTIAL
+            result.copied = summary.total("copied")
+            result.skipped = summary.total("skipped")
+            result.failed = summary.total("failed")
+            result.bytes = summary.total("bytes")
+            result.error = _first_error(summary)
+        finally:
+            finished.set()
+        _count_from_journal(result, batch)
+        result.seconds = time.monotonic() - started
+        return result
+
+
+def _begin_attempt(path: Path, batch: str) -> None:
+    journal = Journal.open(path)
     try:
-        _wait_for_journal(Path(task.journal), task.lock_wait, stop)
-        summary = run_job(task.job, task.settings, Path(task.journal), reporter, stop)
-    except MigratorError as exc:
-        result.error = str(exc)
-    else:
-        result.status = INTERRUPTED if summary.interrupted else DONE if summary.ok else PARTIAL
-        result.copied = summary.total("copied")
-        result.skipped = summary.total("skipped")
-        result.failed = summary.total("failed")
-        result.bytes = summary.total("bytes")
-        result.error = _first_error(summary)
+        journal.begin_attempt(batch)
     finally:
-        finished.set()
-    result.seconds = time.monotonic() - started
-    return result
+        journal.close()
+
+
+def _count_from_journal(result: AccountResult, batch: str) -> None:
+    """Copied and bytes as the journal has them for this batch run, all attempts together (an
+    earlier attempt, on a worker that died, counts); what the engine counted as skipped because
+    an earlier attempt had copied it is not skipped."""
+    if result.journal is None:
+        return
+    counted = journal_copied(Path(result.journal), batch)
+    if counted is None:
+        return
+    copied, nbytes = counted
+    result.skipped = max(0, result.skipped - max(0, copied - result.copied))
+    result.copied, result.bytes = copied, nbytes
 
 
 def _current_worker() -> Any:
@@ -1009,22 +1031,78 @@ def _current_worker() -> Any:
         return None
 
 
-def _watch_stop(name: str, stop: threading.Event, finished: threading.Event) -> None:
-    """Stop the engine when the client sets the batch's stop Event (Ctrl-C on the client)."""
-    from distributed import Event
+# Accounts running in this process, by batch (the batch's topic): what stop_accounts() stops.
+# A plain threading.Event per account works in any thread; no Dask object is shared across
+# threads (a distributed.Event made in the task's thread cannot be waited on in another).
+_running_lock = threading.Lock()
+_running: dict[str, set[threading.Event]] = {}
+_stopped: set[str] = set()
 
-    event = Event(name)
+
+@contextlib.contextmanager
+def _stoppable(batch: str | None, stop: threading.Event) -> Iterator[None]:
+    """Register ``stop`` as one of ``batch``'s running accounts here, for stop_accounts()."""
+    if batch is None:
+        yield
+        return
+    with _running_lock:
+        _running.setdefault(batch, set()).add(stop)
+        if batch in _stopped:
+            stop.set()
+    try:
+        yield
+    finally:
+        with _running_lock:
+            events = _running.get(batch)
+            if events is not None:
+                events.discard(stop)
+                if not events:
+                    del _running[batch]
+
+
+def stop_accounts(batch: str) -> int:
+    """Stop every account of ``batch`` running in this process (and any that starts later): the
+    engine commits the batch of messages in flight and returns. The client calls it on every
+    worker (Client.run) on Ctrl-C or SIGTERM; returns how many accounts it reached here."""
+    with _running_lock:
+        _stopped.add(batch)
+        events = list(_running.get(batch, ()))
+    for event in events:
+        event.set()
+    return len(events)
+
+
+#: Seconds between two looks of an account's watcher at its task and its worker.
+WATCH_INTERVAL = 0.5
+
+
+def _watch_client(worker: Any, stop: threading.Event, finished: threading.Event) -> None:
+    """Stop the account when nobody waits for it any more: its task was cancelled or released
+    (the client left or was killed, and the scheduler forgot its tasks), or the worker is
+    closing. Reads only the worker's own state, so it works from any thread."""
+    key = None
+    with contextlib.suppress(Exception):
+        key = worker.get_current_task()
+    if key is None:
+        return
+
+    def wanted() -> bool:
+        task = worker.state.tasks.get(key)
+        state = getattr(task, "state", None)
+        status = getattr(getattr(worker, "status", None), "name", "running")
+        return state in ("executing", "long-running") and status in ("running", "paused")
 
     def watch() -> None:
-        while not finished.is_set():
+        while not finished.wait(WATCH_INTERVAL):
             try:
-                if event.wait(timeout=1.0):
+                if not wanted():
                     stop.set()
                     return
-            except Exception:  # the scheduler is gone: nobody will ask us to stop
+            except Exception:  # the worker's state is being torn down: it is closing
+                stop.set()
                 return
 
-    threading.Thread(target=watch, name="migrator-stop-watch", daemon=True).start()
+    threading.Thread(target=watch, name="migrator-account-watch", daemon=True).start()
 
 
 # -- the client: schedule accounts on the cluster ------------------------------------------------
@@ -1136,7 +1214,6 @@ class _Runner:
         self.wake = threading.Event()
         tag = uuid.uuid4().hex[:12]
         self.topic = f"migrator-batch-{tag}"
-        self.stop_name = f"migrator-batch-stop-{tag}"
 
     def run(self) -> tuple[dict[str, AccountResult], bool]:
         client, cluster = _connect(self.settings)
@@ -1209,7 +1286,6 @@ class _Runner:
                 settings=self.settings.run,
                 journal=str(self.ledger.journal_path(account)),
                 topic=self.topic,
-                stop_event=self.stop_name,
                 lock_wait=self.settings.lock_wait,
             )
             future = client.submit(
@@ -1225,7 +1301,11 @@ class _Runner:
     def _collect(self, running: dict[Any, Account]) -> None:
         for future in [f for f in running if f.done()]:
             account = running.pop(future)
-            self._finish(account, _outcome(future, account, self.ledger))
+            result = _outcome(future, account, self.ledger)
+            if result.status == FAILED and not result.copied:
+                # no result came back (a worker lost for good, ...): what its journal says
+                _count_from_journal(result, self.topic)
+            self._finish(account, result)
 
     def _finish(self, account: Account, result: AccountResult) -> None:
         self.slots.release(account.hosts)
@@ -1237,12 +1317,10 @@ class _Runner:
     def _stop(self, client: Any, pending: deque[Account], running: dict[Any, Account]) -> None:
         """Ask running accounts to stop after their current batch, give them ``grace`` seconds
         to say so, then leave the rest as interrupted (their journals keep what they did)."""
-        from distributed import Event
-
-        with contextlib.suppress(Exception):
-            Event(self.stop_name, client=client).set()
+        _stop_everywhere(client, self.topic, local=self.settings.cluster is None)
         self.observer.notice(
-            f"stopping: {len(running)} running accounts finish their current batch of messages"
+            f"stopping: {plural(len(running), 'running account')} "
+            f"{'finishes its' if len(running) == 1 else 'finish their'} current batch of messages"
         )
         deadline = time.monotonic() + self.settings.grace
         try:
@@ -1256,17 +1334,16 @@ class _Runner:
         for future, account in list(running.items()):
             with contextlib.suppress(Exception):
                 future.cancel()
-            self._finish(
-                account,
-                AccountResult(
-                    account.name,
-                    account.source,
-                    account.target,
-                    INTERRUPTED,
-                    error="still running when the batch was interrupted",
-                    journal=str(self.ledger.journal_path(account)),
-                ),
+            abandoned = AccountResult(
+                account.name,
+                account.source,
+                account.target,
+                INTERRUPTED,
+                error="still running when the batch was interrupted",
+                journal=str(self.ledger.journal_path(account)),
             )
+            _count_from_journal(abandoned, self.topic)  # what it copied until now
+            self._finish(account, abandoned)
         running.clear()
         for account in pending:
             self.results[account.name] = AccountResult(
@@ -1277,6 +1354,28 @@ class _Runner:
                 ran=False,
                 journal=str(self.ledger.journal_path(account)),
             )
+
+
+def _stop_everywhere(client: Any, batch: str, local: bool) -> None:
+    """stop_accounts(batch) where the accounts run: here for the in-process cluster, on every
+    worker of a real one (a worker that cannot be reached in a few seconds stops its accounts
+    by itself once this client is gone: see _watch_client)."""
+    if local:
+        stop_accounts(batch)
+        return
+
+    def reach() -> None:
+        with contextlib.suppress(Exception):
+            client.run(stop_accounts, batch, on_error="ignore")
+
+    sender = threading.Thread(target=reach, name="migrator-batch-stop", daemon=True)
+    sender.start()
+    sender.join(STOP_REACH_SECONDS)
+
+
+#: How long the client tries to reach the workers with a stop before it relies on them noticing
+#: that it left.
+STOP_REACH_SECONDS = 5.0
 
 
 def _outcome(future: Any, account: Account, ledger: Ledger) -> AccountResult:
@@ -1347,6 +1446,11 @@ def _connect(settings: BatchSettings) -> tuple[Any, Any]:
 
 
 # -- what the user reads -------------------------------------------------------------------------
+
+
+def plural(count: int, noun: str) -> str:
+    """'1 account', '2 accounts'."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def _duration(seconds: float) -> str:

@@ -6,11 +6,15 @@ from __future__ import annotations
 import csv
 import pickle
 import shutil
-import sqlite3
+import signal
+import threading
+import time
+import uuid
 from pathlib import Path
 
 import pytest
 
+from migrator import batch as batch_module
 from migrator.account import (
     CopyJob,
     RunSettings,
@@ -24,6 +28,7 @@ from migrator.batch import (
     DEFAULT_PER_HOST,
     DONE,
     FAILED,
+    INTERRUPTED,
     NOT_RUN,
     PARTIAL,
     AccountResult,
@@ -34,6 +39,7 @@ from migrator.batch import (
     ManifestError,
     Selection,
     host_limits,
+    journal_copied,
     journal_finished,
     load_manifest,
     next_ready,
@@ -41,11 +47,16 @@ from migrator.batch import (
     report_rows,
     results_json,
     results_table,
+    run_account,
     run_batch,
+    stop_accounts,
     write_report,
 )
+from migrator.checkpoint import Commit, Journal
 from migrator.endpoints import ServerEndpoint
+from migrator.engine import RunSummary
 from migrator.errors import ConfigError
+from migrator.model import MessageRef
 
 SAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sample.mbox"
 
@@ -386,12 +397,11 @@ def _result(account, status, **kw) -> AccountResult:
 
 
 def _finish_journal(path: Path, status: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(path)
-    db.execute("CREATE TABLE IF NOT EXISTS runs (id INTEGER PRIMARY KEY, status TEXT)")
-    db.execute("INSERT INTO runs(status) VALUES (?)", (status,))
-    db.commit()
-    db.close()
+    journal = Journal.open(path)
+    try:
+        journal.finish_run(journal.start_run("s", "t"), status, 0, 0, 0, 0)
+    finally:
+        journal.close()
 
 
 def test_the_plan_skips_finished_accounts_and_waits_for_retry_failed(tmp_path):
@@ -515,3 +525,156 @@ def test_a_batch_of_archives_runs_resumes_and_reports(tmp_path):
     assert rows_out == list(report_rows(fixed))
     assert rows_out[0][:4] == ["name", "source", "target", "status"] and len(rows_out) == 7
     assert rows_out[1][3:5] == ["done", "no"]
+
+
+# -- stopping: in the threads where Dask runs accounts ------------------------------------------
+
+
+class SlowAccounts:
+    """Stands in for run_job: each account copies until told to stop (or 30 s), as the engine
+    does, and says when it started and when it saw the stop."""
+
+    def __init__(self) -> None:
+        self.started: list[str] = []
+        self.stopped: list[str] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, job, settings, state_path, reporter, stop):
+        with self.lock:
+            self.started.append(job.source)
+        interrupted = stop.wait(30)
+        with self.lock:
+            if interrupted:
+                self.stopped.append(job.source)
+        return RunSummary(folders=[], seconds=0.0, interrupted=interrupted)
+
+    def wait(self, what: str, n: int, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while len(getattr(self, what)) < n:
+            assert time.monotonic() < deadline, f"{what}: {getattr(self, what)}"
+            time.sleep(0.02)
+
+
+def _task(tmp_path: Path, n: int, topic: str) -> AccountTask:
+    job = CopyJob(source=f"mbox:{tmp_path}/u{n}.mbox", target=f"maildir:{tmp_path}/out/u{n}")
+    return AccountTask(
+        name=f"u{n}",
+        source=job.source,
+        target=job.target,
+        job=job,
+        settings=RunSettings(),
+        journal=str(tmp_path / "journals" / f"u{n}.sqlite"),
+        topic=topic,
+        lock_wait=5,
+    )
+
+
+@pytest.fixture
+def local_dask():
+    distributed = pytest.importorskip("distributed")
+    cluster = distributed.LocalCluster(
+        n_workers=1, threads_per_worker=3, processes=False, dashboard_address=None
+    )
+    client = distributed.Client(cluster, set_as_default=False)
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()
+
+
+def test_stop_accounts_reaches_accounts_running_in_dask_worker_threads(
+    tmp_path, monkeypatch, local_dask
+):
+    fake = SlowAccounts()
+    monkeypatch.setattr(batch_module, "run_job", fake)
+    topic = f"test-{uuid.uuid4().hex}"
+    futures = [local_dask.submit(run_account, _task(tmp_path, n, topic)) for n in range(2)]
+    fake.wait("started", 2)
+    started = time.monotonic()
+    assert stop_accounts(topic) == 2
+    results = [f.result(timeout=10) for f in futures]
+    assert time.monotonic() - started < 5
+    assert [r.status for r in results] == [INTERRUPTED, INTERRUPTED]
+    assert len(fake.stopped) == 2
+    # an account of a stopped batch that starts only now does not copy at all
+    late = local_dask.submit(run_account, _task(tmp_path, 3, topic)).result(timeout=10)
+    assert late.status == INTERRUPTED and len(fake.started) == 2
+
+
+def test_an_account_nobody_waits_for_any_more_stops_by_itself(tmp_path, monkeypatch, local_dask):
+    """The client cancelled it, or left (the scheduler then releases its tasks): the account
+    commits and ends rather than copying on for nobody."""
+    fake = SlowAccounts()
+    monkeypatch.setattr(batch_module, "run_job", fake)
+    future = local_dask.submit(run_account, _task(tmp_path, 0, f"test-{uuid.uuid4().hex}"))
+    fake.wait("started", 1)
+    future.cancel()
+    fake.wait("stopped", 1, timeout=5)
+
+
+def test_ctrl_c_stops_a_local_batch_within_seconds(tmp_path, monkeypatch):
+    fake = SlowAccounts()
+    monkeypatch.setattr(batch_module, "run_job", fake)
+    rows = [(f"mbox:{tmp_path}/u{n}.mbox", f"maildir:{tmp_path}/out/u{n}") for n in range(5)]
+    m = manifest_of(tmp_path, rows)
+    main = threading.main_thread().ident
+    assert main is not None
+
+    def interrupt() -> None:
+        fake.wait("started", 3)
+        signal.pthread_kill(main, signal.SIGINT)
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    started = time.monotonic()
+    result = run_batch(m, BatchSettings(state_dir=tmp_path / "state", jobs=3), Recorder())
+    assert time.monotonic() - started < 15
+    assert result.interrupted and sorted(fake.stopped) == sorted(fake.started)
+    statuses = [a.status for a in result.accounts]
+    assert statuses == [INTERRUPTED] * 3 + [NOT_RUN] * 2
+    assert not any(a.error for a in result.accounts)  # none abandoned
+
+
+# -- what an account copied, by its journal -----------------------------------------------------
+
+
+def _refs(n: int, start: int = 0) -> list[MessageRef]:
+    return [MessageRef(id=str(i), size=100 + i, key=f"k{i}") for i in range(start, start + n)]
+
+
+def test_copied_counts_every_attempt_and_the_appends_a_dead_worker_left_in_doubt(tmp_path):
+    path = tmp_path / "j.sqlite"
+    src, dst = ("INBOX",), ("INBOX",)
+    journal = Journal.open(path)
+    journal.begin(src, "1", dst, _refs(3))  # an earlier run: copied 3 before this batch
+    journal.record(Commit(src, "1", dst, [(r, None) for r in _refs(3)], []))
+    journal.begin(src, "1", dst, _refs(2, 3))  # ... and left 2 in doubt, already in the target
+    journal.close()
+    time.sleep(0.01)
+
+    journal = Journal.open(path)  # attempt 1 of batch run "b1"
+    journal.begin_attempt("b1")
+    journal.begin(src, "1", dst, _refs(4, 5))
+    journal.record(Commit(src, "1", dst, [(r, None) for r in _refs(4, 5)], []))
+    journal.begin(src, "1", dst, _refs(3, 9))  # its worker dies with these in flight
+    journal.close()
+
+    journal = Journal.open(path)  # attempt 2, on another worker
+    journal.begin_attempt("b1")
+    # the target holds what was in doubt except message 11: found, and 11 copied again
+    journal.reconcile(src, "1", dst, _refs(2, 3) + _refs(2, 9))
+    journal.record(Commit(src, "1", dst, [(r, None) for r in _refs(1, 11)], []))
+    journal.close()
+
+    peek = Journal.peek(path)
+    assert peek is not None
+    try:
+        count, nbytes = peek.copied_in("b1") or (0, 0)
+        # 2 + 4 + 2 + 1: what reached the target during "b1", whoever put it there
+        assert count == 9
+        assert nbytes == sum(r.size for r in _refs(2, 3) + _refs(4, 5) + _refs(3, 9))
+        assert peek.copied_in("another run") is None
+    finally:
+        peek.close()
+    assert journal_copied(path, "b1") == (count, nbytes)
+    assert journal_copied(tmp_path / "none.sqlite", "b1") is None
