@@ -1497,18 +1497,22 @@ def results_table(result: BatchResult) -> str:
 
 
 def results_json(result: BatchResult) -> dict[str, Any]:
+    """Per account as copy --json counts (copied, skipped, failed: messages); at the top, every
+    count says what it counts: accounts_* (accounts by status) or messages_*."""
     return {
         "accounts": [{**asdict(a), "seconds": round(a.seconds, 3)} for a in result.accounts],
-        "done": result.count(DONE),
-        "partial": result.count(PARTIAL),
-        "failed": result.count(FAILED),
-        "interrupted": result.count(INTERRUPTED),
-        "not_run": result.count(NOT_RUN),
-        "ran": result.ran,
-        "copied": result.total("copied"),
-        "skipped": result.total("skipped"),
-        "failed_messages": result.total("failed"),
+        "accounts_total": len(result.accounts),
+        "accounts_ran": result.ran,
+        "accounts_done": result.count(DONE),
+        "accounts_partial": result.count(PARTIAL),
+        "accounts_failed": result.count(FAILED),
+        "accounts_interrupted": result.count(INTERRUPTED),
+        "accounts_not_run": result.count(NOT_RUN),
+        "messages_copied": result.total("copied"),
+        "messages_skipped": result.total("skipped"),
+        "messages_failed": result.total("failed"),
         "bytes": result.total("bytes"),
+        "interrupted": result.interrupted,
         "seconds": round(result.seconds, 3),
     }
 

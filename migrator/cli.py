@@ -1054,10 +1054,13 @@ class BatchLines:
             _err(text)
 
     def planned(self, plan: Any, total: int) -> None:
+        from migrator.batch import plural
+
         self.total = total
         if plan.kept:
             self._say(
-                f"migrator: {total} accounts to run; {len(plan.kept)} left as they were "
+                f"migrator: {plural(total, 'account')} to run; {len(plan.kept)} left as "
+                f"{'it was' if len(plan.kept) == 1 else 'they were'} "
                 "(finished or failed before: --refresh, --retry-failed)"
             )
 

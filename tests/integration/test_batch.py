@@ -153,9 +153,13 @@ def test_twenty_accounts_four_at_a_time_exactly_once_and_a_rerun_does_nothing(fl
     f = fleet()
     report = f.state.parent / "report.csv"
     data = f.run_json("--jobs", "4", "--report", str(report))
-    assert data["done"] == ACCOUNTS and data["ran"] == ACCOUNTS and data["failed"] == 0
+    assert (
+        data["accounts_done"] == ACCOUNTS
+        and data["accounts_ran"] == ACCOUNTS
+        and data["accounts_failed"] == 0
+    )
     assert all(a["copied"] == MESSAGES and a["status"] == "done" for a in data["accounts"])
-    assert data["copied"] == ACCOUNTS * MESSAGES
+    assert data["messages_copied"] == ACCOUNTS * MESSAGES
     f.assert_exactly_once()
     with open(report, newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -198,10 +202,10 @@ def test_a_failed_account_exits_1_names_its_error_and_waits_for_retry_failed(fle
     assert "acct01: imaps://" in result.stdout and "authentication" in result.stdout.lower()
     assert "wrong" not in result.stdout + result.stderr
     again = f.run_json(expect=1)  # left alone: still failed, nothing run
-    assert again["ran"] == 0 and again["failed"] == 1
+    assert again["accounts_ran"] == 0 and again["accounts_failed"] == 1
     pw_file.write_text(good)
     fixed = f.run_json("--retry-failed")
-    assert fixed["ran"] == 1 and fixed["done"] == 3
+    assert fixed["accounts_ran"] == 1 and fixed["accounts_done"] == 3
     f.assert_exactly_once()
 
 
@@ -222,7 +226,7 @@ def test_sigkill_half_way_then_rerun_completes_exactly_once(fleet):
 
     data = f.run_json("--jobs", "4")
     resumed = [a for a in data["accounts"] if a["ran"]]
-    assert data["done"] == ACCOUNTS
+    assert data["accounts_done"] == ACCOUNTS
     assert len(resumed) == ACCOUNTS - sum(s == "done" for s in status.values())
     f.assert_exactly_once()
 
@@ -363,7 +367,7 @@ def test_on_a_dask_cluster_secrets_stay_on_workers_and_a_dead_worker_loses_nothi
         )
         assert result.returncode == 0, result.stderr + cluster.logs()
         data = json.loads(result.stdout)
-        assert data["done"] == 4
+        assert data["accounts_done"] == 4
         assert {a["worker"] for a in data["accounts"]} == set(cluster.worker_addresses())
 
         # The whole manifest, four accounts at a time; a worker dies half-way.
@@ -389,7 +393,7 @@ def test_on_a_dask_cluster_secrets_stay_on_workers_and_a_dead_worker_loses_nothi
         out, err = proc.communicate(timeout=240)
         assert proc.returncode == 0, err.decode() + cluster.logs()
         data = json.loads(out)
-        assert data["done"] == count and data["ran"] == count - 4
+        assert data["accounts_done"] == count and data["accounts_ran"] == count - 4
         by_name = {a["name"]: a for a in data["accounts"]}
         # what the dead worker was copying was finished by the other one (all but a freshly
         # started one could have finished in the instant before the kill)

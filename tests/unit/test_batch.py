@@ -518,7 +518,7 @@ def test_a_batch_of_archives_runs_resumes_and_reports(tmp_path):
     table = results_table(fixed)
     assert "user0.mbox" in table and "done before" in table and "6/6 done" in table
     data = results_json(fixed)
-    assert data["done"] == 6 and data["accounts"][-1]["copied"] == 12
+    assert data["accounts_done"] == 6 and data["accounts"][-1]["copied"] == 12
     write_report(tmp_path / "report.csv", fixed)
     with open(tmp_path / "report.csv", newline="") as fh:
         rows_out = list(csv.reader(fh))
