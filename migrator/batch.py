@@ -173,10 +173,22 @@ def load_manifest(path: Path, env: Mapping[str, str] | None = None) -> Manifest:
 
 @dataclass
 class _Row:
-    where: str
+    where: str  # "accounts.csv line 3": the row, or the line of its [[account]] table
     values: dict[str, Any]
     #: Sides whose secret was written inline (already reported: no "needs a password" too).
     refused: set[str] = field(default_factory=set)
+    #: TOML: the line of each key, by column name (a CSV row is one line).
+    lines: dict[str, int] = field(default_factory=dict)
+    file: str = ""
+
+    def at(self, col: str) -> str:
+        """Where a problem with ``col`` is: "accounts.csv line 3, column source", or for TOML
+        "accounts.toml line 12, key source" (the key's own line)."""
+        if not self.file:
+            return f"{self.where}, column {col}"
+        if col in self.lines:
+            return f"{self.file} line {self.lines[col]}, key {col}"
+        return f"{self.where}, key {col}"
 
 
 def _csv_rows(path: Path, text: str) -> tuple[list[_Row], list[str]]:
@@ -257,22 +269,38 @@ def _toml_rows(path: Path, text: str) -> tuple[list[_Row], list[str]]:
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        return [], [f"{name}: not valid TOML ({exc})"]
+        message = str(exc)
+        at = re.search(r"\s*\(at line (\d+), column (\d+)\)$", message)
+        if at:
+            message = message[: at.start()]
+            return [], [f"{name} line {at[1]}, column {at[2]}: not valid TOML ({message})"]
+        return [], [f"{name}: not valid TOML ({message})"]
+    positions = _toml_positions(text)
     problems = []
     for key in doc:
         if key not in ("account", "accounts"):
-            problems.append(f"{name}: unknown table [{key}]; write one [[account]] per account")
+            line = positions.tables.get(key)
+            problems.append(
+                f"{name}{f' line {line}' if line else ''}: unknown table [{key}]; "
+                "write one [[account]] per account"
+            )
     tables = doc.get("account", doc.get("accounts", []))
     if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
         return [], [*problems, f"{name}: write one [[account]] table per account"]
+    # Line numbers only when the text's [[account]] headers are the tables tomllib found (not,
+    # say, an inline array of tables).
+    located = len(positions.accounts) == len(tables)
     rows = []
     for n, table in enumerate(tables, 1):
-        where = f"{name} [[account]] {n}"
-        row = _Row(where, {})
+        if located:
+            line, keys = positions.accounts[n - 1]
+            row = _Row(f"{name} line {line}", {}, lines=keys, file=name)
+        else:
+            row = _Row(f"{name} [[account]] {n}", {}, file=name)
         for raw, value in table.items():
             col = column_name(raw)
             if col not in COLUMNS:
-                problems.append(f"{where}, column {raw}: {_unknown_column(col)}")
+                problems.append(f"{row.at(col)}: {_unknown_column(col)}")
                 if _SECRET_COLUMN.search(col):
                     row.refused.update(
                         s for s in SIDES if not col.startswith(SIDES) or col.startswith(s)
@@ -283,12 +311,55 @@ def _toml_rows(path: Path, text: str) -> tuple[list[_Row], list[str]]:
     return rows, problems
 
 
+@dataclass
+class _TomlPositions:
+    #: Per [[account]] header, in order: its line, and the line of each of its keys.
+    accounts: list[tuple[int, dict[str, int]]] = field(default_factory=list)
+    #: Other tables' header lines, by name.
+    tables: dict[str, int] = field(default_factory=dict)
+
+
+_TOML_ACCOUNT = re.compile(r"""^\s*\[\[\s*(["']?)(accounts?)\1\s*\]\]""")
+_TOML_HEADER = re.compile(r"""^\s*\[+\s*(["']?)([^\]"']*)\1\s*\]""")
+_TOML_KEY = re.compile(r"""^\s*(?:"([^"]*)"|'([^']*)'|([A-Za-z0-9_-]+))\s*=""")
+
+
+def _toml_positions(text: str) -> _TomlPositions:
+    """Where the tables and keys of a TOML manifest are (tomllib gives values, not lines): a
+    line-by-line look at headers and ``key =`` lines, skipping multi-line strings."""
+    found = _TomlPositions()
+    keys: dict[str, int] | None = None
+    open_quote: str | None = None
+    for number, line in enumerate(text.splitlines(), 1):
+        if open_quote is not None:
+            if line.count(open_quote) % 2 == 1:
+                open_quote = None
+            continue
+        if match := _TOML_ACCOUNT.match(line):
+            keys = {}
+            found.accounts.append((number, keys))
+            continue
+        if match := _TOML_HEADER.match(line):
+            keys = None
+            found.tables.setdefault(match[2].strip(), number)
+            continue
+        if match := _TOML_KEY.match(line):
+            key = next(g for g in match.groups() if g is not None)
+            if keys is not None:
+                keys.setdefault(column_name(key), number)
+            rest = line[match.end() :]
+            for quote in ('"""', "'''"):
+                if rest.count(quote) % 2 == 1:
+                    open_quote = quote
+    return found
+
+
 def _text(row: _Row, col: str, problems: list[str]) -> str | None:
     value = row.values.get(col)
     if value is None or value == "":
         return None
     if isinstance(value, bool) or not isinstance(value, str | int | float):
-        problems.append(f"{row.where}, column {col}: expected text")
+        problems.append(f"{row.at(col)}: expected text")
         return None
     return str(value).strip() or None
 
@@ -299,12 +370,12 @@ def _list(row: _Row, col: str, problems: list[str]) -> tuple[str, ...]:
         return ()
     if isinstance(value, list):
         if not all(isinstance(v, str) for v in value):
-            problems.append(f"{row.where}, column {col}: expected a list of text")
+            problems.append(f"{row.at(col)}: expected a list of text")
             return ()
         return tuple(v.strip() for v in value if v.strip())
     if isinstance(value, str):
         return tuple(v.strip() for v in value.split(LIST_SEPARATOR) if v.strip())
-    problems.append(f"{row.where}, column {col}: expected text")
+    problems.append(f"{row.at(col)}: expected text")
     return ()
 
 
@@ -314,7 +385,7 @@ def _bool(row: _Row, col: str, problems: list[str]) -> bool:
         return bool(value)
     if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
         return value.strip().lower() in _TRUE
-    problems.append(f"{row.where}, column {col}: write yes or no")
+    problems.append(f"{row.at(col)}: write yes or no")
     return False
 
 
@@ -344,6 +415,17 @@ def check_rows(
     by_name: dict[str, str] = {}
     catalog = profile_catalog()  # one for every row: PROFILE:USER endpoints
     for row in rows:
+        # Names first, whatever else is wrong with the row: every problem at once.
+        explicit = _text(row, "name", [])
+        if explicit is not None:
+            if explicit in by_name:
+                problems.append(
+                    f"{row.at('name')}: {explicit!r} is already the name of the account at "
+                    f"{by_name[explicit]}"
+                )
+                _check_row(row, len(accounts) + 1, problems, warnings, env, catalog)
+                continue
+            by_name[explicit] = row.where
         account = _check_row(row, len(accounts) + 1, problems, warnings, env, catalog)
         if account is None:
             continue
@@ -355,15 +437,12 @@ def check_rows(
             )
             continue
         by_pair[pair] = row.where
-        explicit = _text(row, "name", [])
         name = account.name
-        if name in by_name:
-            if explicit:
-                problems.append(f"{row.where}, column name: {name!r} is already {by_name[name]}")
-                continue
-            name = f"{name}#{account.index}"
-            account = replace(account, name=name, journal=_journal_name(name, pair))
-        by_name[name] = row.where
+        if explicit is None:
+            if name in by_name:
+                name = f"{name}#{account.index}"
+                account = replace(account, name=name, journal=_journal_name(name, pair))
+            by_name[name] = row.where
         accounts.append(account)
     if not rows and not problems:
         problems.append(f"{path.name}: no accounts in the manifest")
@@ -394,7 +473,7 @@ def _check_row(
     for side in SIDES:
         text = _text(row, side, problems)
         if text is None:
-            problems.append(f"{where}, column {side}: empty; every account needs a {side}")
+            problems.append(f"{row.at(side)}: empty; every account needs a {side}")
             continue
         try:
             # PROFILE:USER reaches the profile's server (an unknown profile is named as such)
@@ -407,7 +486,7 @@ def _check_row(
                 check = server
             open_store(check, AccessOptions(secret=_never), side)  # a role or kind not served
         except MigratorError as exc:
-            problems.append(f"{where}, column {side}: {exc}")
+            problems.append(f"{row.at(side)}: {exc}")
             continue
         endpoints[side] = endpoint
         recipe = _recipe(row, side, problems)
@@ -415,7 +494,7 @@ def _check_row(
         if isinstance(server, ServerEndpoint):
             if not recipe.given and side not in row.refused:
                 problems.append(
-                    f"{where}, column {side}_password_env: {endpoint} needs a password or an "
+                    f"{row.at(side + '_password_env')}: {endpoint} needs a password or an "
                     f"OAuth2 token: name its environment variable ({side}_password_env), a "
                     f"{side}_password_file, a {side}_password_cmd, a {side}_oauth2_token_cmd, "
                     f"or set {side}_keyring"
@@ -459,12 +538,11 @@ def _never() -> str:
 
 
 def _recipe(row: _Row, side: str, problems: list[str]) -> SecretRecipe:
-    where = row.where
     env = _text(row, f"{side}_password_env", problems)
     if env is not None and not env_var_name_ok(env):
         # The value is not repeated: it may be the password itself.
         problems.append(
-            f"{where}, column {side}_password_env: not the name of an environment variable; write "
+            f"{row.at(side + '_password_env')}: not the name of an environment variable; write "
             "the variable's name (the password itself never goes in the manifest)"
         )
         row.refused.add(side)
@@ -486,11 +564,11 @@ def _command(row: _Row, col: str, instead: str | None, problems: list[str]) -> s
             words = shlex.split(cmd)
         except ValueError:
             words = []
-            problems.append(f"{row.where}, column {col}: unbalanced quotes")
+            problems.append(f"{row.at(col)}: unbalanced quotes")
         if len(words) > 1 and Path(words[0]).name in ("echo", "printf"):
             what = "password" if instead else "token"
             problems.append(
-                f"{row.where}, column {col}: a command that prints a literal is a {what} "
+                f"{row.at(col)}: a command that prints a literal is a {what} "
                 f"written in the manifest; use a password manager's command"
                 + (f", or {instead}" if instead else "")
             )
@@ -506,23 +584,21 @@ def _check_here(
     problems: list[str],
 ) -> None:
     """Checks that only make sense where the accounts will run (no cluster)."""
-    where = row.where
     if recipe.env and not env.get(recipe.env):
         problems.append(
-            f"{where}, column {side}_password_env: the environment variable {recipe.env} is not set"
+            f"{row.at(side + '_password_env')}: the environment variable {recipe.env} is not set"
         )
     if recipe.file and not recipe.env:
         p = Path(recipe.file).expanduser()
         if not p.is_file() or not os.access(p, os.R_OK):
-            problems.append(f"{where}, column {side}_password_file: cannot read {p}")
+            problems.append(f"{row.at(side + '_password_file')}: cannot read {p}")
     if ca_file:
         p = Path(ca_file).expanduser()
         if not p.is_file():
-            problems.append(f"{where}, column {side}_ca_file: no such file {p}")
+            problems.append(f"{row.at(side + '_ca_file')}: no such file {p}")
 
 
 def _options(row: _Row, problems: list[str]) -> dict[str, Any]:
-    where = row.where
     values: dict[str, Any] = {
         "folder": _list(row, "folder", problems),
         "exclude": _list(row, "exclude", problems),
@@ -547,12 +623,12 @@ def _options(row: _Row, problems: list[str]) -> dict[str, Any]:
             try:
                 parser(values[col])
             except ValueError as exc:
-                problems.append(f"{where}, column {col}: {exc}")
+                problems.append(f"{row.at(col)}: {exc}")
     for col, check in (("map", parse_renames), ("flags", parse_flags)):
         try:
             check(values[col], col)
         except ConfigError as exc:
-            problems.append(f"{where}, column {col}: {exc}")
+            problems.append(f"{row.at(col)}: {exc}")
     return values
 
 

@@ -119,7 +119,7 @@ source-password-env = "BOB_PW"
     assert alice.hosts == ("new.example.org", "old.example.org")
     assert a[1].hosts == ("old.example.org",)
     assert alice.where == "accounts.csv line 2" and a[1].where == "accounts.csv line 4"
-    assert b[1].where == "accounts.toml [[account]] 2"
+    assert b[0].where == "accounts.toml line 2" and b[1].where == "accounts.toml line 13"
     assert len({x.journal for x in a}) == 2 and a[0].fingerprint != a[1].fingerprint
 
 
@@ -146,7 +146,7 @@ def test_a_password_column_is_refused_and_its_value_never_shown(tmp_path):
         "m.toml",
     )
     (line,) = problems(toml)
-    assert line.startswith("m.toml [[account]] 1, column source_password: a secret written")
+    assert line.startswith("m.toml line 5, key source_password: a secret written")
     assert "source_password_env" in line and "hunter2" not in line
 
 
@@ -197,8 +197,75 @@ def test_duplicate_rows_and_names_name_both_rows(tmp_path):
     assert problems(path) == [
         "accounts.csv line 4, columns source and target: duplicate of accounts.csv line 2 "
         "(the same account twice would copy its mail twice)",
-        "accounts.csv line 5, column name: 'b' is already accounts.csv line 3",
+        "accounts.csv line 5, column name: 'b' is already the name of the account at "
+        "accounts.csv line 3",
     ]
+
+
+def test_a_duplicate_name_is_reported_with_every_other_problem_at_once(tmp_path):
+    path = write(
+        tmp_path,
+        "name,source,target,source_password_env,target_password_env,since\n"
+        "u01,imaps://a@h,imaps://a@k,P,P,\n"
+        "u01,imaps://b@h,imaps://b@k,P,P,\n"
+        "u02,imaps://c@h,imaps://c@k,P,P,someday\n"
+        "u02,imaps://d@h,imaps://d@k,P,P,never\n",
+        "dup_names.csv",
+    )
+    assert problems(path) == [
+        "dup_names.csv line 3, column name: 'u01' is already the name of the account at "
+        "dup_names.csv line 2",
+        "dup_names.csv line 4, column since: " + problems_of_since("someday"),
+        "dup_names.csv line 5, column name: 'u02' is already the name of the account at "
+        "dup_names.csv line 4",
+        "dup_names.csv line 5, column since: " + problems_of_since("never"),
+    ]
+
+
+def problems_of_since(value: str) -> str:
+    from migrator.filters import parse_date
+
+    with pytest.raises(ValueError) as info:
+        parse_date(value)
+    return str(info.value)
+
+
+def test_toml_problems_name_the_line_of_their_key(tmp_path):
+    path = write(
+        tmp_path,
+        """# accounts
+[[account]]
+name = "u01"
+source = "imaps://a@h"
+target = "imaps://a@k"
+source_password_env = "P"
+target_password_env = "P"
+
+[[account]]
+name = "u01"
+source = "imaps://b@h"
+target = "nowhere:/x"
+source_password_env = "P"
+target_password_env = "P"
+notes = \"\"\"
+colour = "not a key: inside a string"
+\"\"\"
+max_size = "huge"
+
+[settings]
+x = 1
+""",
+        "m.toml",
+    )
+    found = problems(path)
+    assert [p.split(": ")[0] for p in found] == [
+        "m.toml line 20",  # [settings]
+        "m.toml line 15, key notes",
+        "m.toml line 10, key name",
+        "m.toml line 12, key target",
+        "m.toml line 18, key max_size",
+    ], found
+    assert "already the name of the account at m.toml line 2" in found[2]
 
 
 def test_every_bad_row_is_reported_once_in_order(tmp_path):
@@ -227,8 +294,9 @@ def test_unknown_columns_and_empty_manifests(tmp_path):
     assert line == "accounts.csv: no accounts in the manifest"
     (line,) = problems(write(tmp_path, ""))
     assert "empty manifest" in line
-    (line,) = problems(write(tmp_path, "[[account]\n", "x.toml"))
-    assert line.startswith("x.toml: not valid TOML")
+    (line,) = problems(write(tmp_path, 'source = "x"\n[[account]\n', "x.toml"))
+    assert line.startswith("x.toml line 2, column 10: not valid TOML (")
+    assert "(at line" not in line
 
 
 def test_local_runs_check_variables_and_files_here(tmp_path):
