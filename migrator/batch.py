@@ -19,6 +19,14 @@ by the client): a rerun skips an account that finished, with the same selection,
 confirms that its last run was complete; resumes interrupted and never-started ones; and with
 ``retry_failed`` / ``only_failed`` runs the failed ones again.
 
+Stopping: Ctrl-C or SIGTERM on the client calls :func:`stop_accounts` where the accounts run (in
+this process, or on every worker through ``Client.run``); it sets each running account's
+``threading.Event``, and the engine commits its batch in flight and returns. An account whose
+task nobody waits for any more (the client left or was killed, so the scheduler released it)
+stops itself the same way (:func:`_watch_client`). What an account copied is read from its
+journal (:meth:`Journal.copied_in`), so an interrupted account, or one run again after its worker
+died, reports what reached its target during the run.
+
 Library code: nothing here prints. Progress goes to a :class:`BatchObserver`.
 """
 

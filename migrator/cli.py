@@ -1256,6 +1256,7 @@ def batch(
     """
     with _errors(debug):
         import logging
+        import warnings
 
         from migrator.account import RunSettings
         from migrator.batch import (
@@ -1271,8 +1272,10 @@ def batch(
         )
 
         if not debug:
-            for name in ("distributed", "tornado", "asyncio"):
-                logging.getLogger(name).setLevel(logging.CRITICAL)
+            # Dask configures its loggers when it is imported (later, by run_batch), and warns
+            # through `warnings` too: neither belongs on the terminal (migrator logs nothing).
+            logging.disable(logging.CRITICAL)
+            warnings.filterwarnings("ignore", module=r"(distributed|dask|tornado|asyncio)\b")
         try:
             loaded = load_manifest(manifest, env=None if cluster else os.environ)
         except ManifestError as exc:

@@ -746,3 +746,16 @@ def test_copied_counts_every_attempt_and_the_appends_a_dead_worker_left_in_doubt
         peek.close()
     assert journal_copied(path, "b1") == (count, nbytes)
     assert journal_copied(tmp_path / "none.sqlite", "b1") is None
+
+
+def test_counts_in_words_take_the_right_plural(capsys):
+    from migrator.batch import Plan, plural
+    from migrator.cli import BatchLines
+
+    assert plural(1, "account") == "1 account" and plural(0, "account") == "0 accounts"
+    kept = AccountResult("k", "s", "t", DONE, ran=False)
+    BatchLines().planned(Plan(run=[], kept={"k": kept}), 1)
+    BatchLines().planned(Plan(run=[], kept={"k": kept, "l": kept}), 2)
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("migrator: 1 account to run; 1 left as it was (")
+    assert err[1].startswith("migrator: 2 accounts to run; 2 left as they were (")
