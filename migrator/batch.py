@@ -1057,8 +1057,8 @@ def run_account(task: AccountTask) -> AccountResult:
     with _stoppable(task.topic, stop):
         if worker is not None:
             _watch_client(worker, stop, finished)
-        if stop.is_set():  # the batch was stopped before this account started
-            result.status, result.error = INTERRUPTED, "the batch was interrupted"
+        if stop.is_set():  # the batch was stopped before this account started: not run
+            result.status, result.worker = NOT_RUN, None
             finished.set()
             return result
         send({"kind": "started", "account": task.name, "worker": address})
