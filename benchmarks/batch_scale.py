@@ -422,6 +422,7 @@ def main(argv: list[str]) -> int:
             cluster = None
             if mode == "cluster":
                 env = dict(os.environ, BENCH_PW=PASSWORD, PYTHONPATH=str(deps.REPO))
+                env["DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED"] = "False"  # as README says
                 cluster = Cluster(workdir / "dask", env, threads=max(1, args.jobs // 2))
             try:
                 for n in args.sizes:

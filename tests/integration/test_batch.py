@@ -274,7 +274,8 @@ class DaskCluster:
         log = open(self.directory / f"{name}.log", "wb")  # noqa: SIM115
         proc = subprocess.Popen(
             [sys.executable, "-m", "dask", *argv],
-            env=self.env,
+            # as README says for Python 3.11 < 3.11.9 (CPython gh-106883)
+            env=dict(self.env, DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED="False"),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
