@@ -67,7 +67,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--cache-dir", type=Path, default=BENCH / ".cache", help="corpus cache")
     p.add_argument("--timeout", type=float, default=3600, help="per run, seconds (default 3600)")
     p.add_argument("--results", type=Path, default=BENCH / "results", help="where results go")
+    p.add_argument(
+        "--archives",
+        default="",
+        help="instead: local batches of N mbox -> Maildir accounts (examples/sample.mbox, no "
+        "servers), e.g. 200,1000,2000: the client's peak RSS when it also runs the accounts",
+    )
     args = p.parse_args(argv)
+    args.archive_sizes = sorted({int(x) for x in args.archives.split(",") if x.strip()})
     args.sizes = sorted({int(x) for x in args.accounts.split(",") if x.strip()})
     args.mode_names = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not args.sizes or min(args.sizes) < 1 or set(args.mode_names) - {"local", "cluster"}:
@@ -382,6 +389,58 @@ def table(runs: list[Run], sizes: list[int]) -> str:
     return "\n".join(lines)
 
 
+def archives(args: argparse.Namespace, argv: list[str]) -> int:
+    """Local batches of mbox -> Maildir accounts, no servers: wall time and peak RSS of the one
+    process that schedules and runs them, as the number of accounts grows."""
+    workdir = args.cache_dir / f"batch-archives-{os.getpid()}"
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    mbox = workdir / "sample.mbox"
+    shutil.copy(deps.REPO / "examples" / "sample.mbox", mbox)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MIGRATOR_")}
+    env["PYTHONPATH"] = str(deps.REPO)
+    lines = [
+        "| accounts | wall s | ms an account | peak RSS MB | exit |",
+        "|---:|---:|---:|---:|---|",
+    ]
+    runs = []
+    try:
+        for n in args.archive_sizes:
+            d = workdir / f"n{n}"
+            d.mkdir()
+            rows = [f"mbox:{mbox},maildir:{d}/out/u{i}" for i in range(n)]
+            (d / "m.csv").write_text("source,target\n" + "\n".join(rows) + "\n")
+            argv_run = [sys.executable, "-m", "migrator", "batch", str(d / "m.csv"), "--quiet"]
+            argv_run += ["--state-dir", str(d / "state"), "--jobs", str(args.jobs)]
+            seconds, rss, code, timed_out = timed(argv_run, env, d / "run.log", args.timeout)
+            runs.append({"accounts": n, "seconds": round(seconds, 2), "rss_kb": rss, "exit": code})
+            say(f"  {n:>5} archive accounts: {seconds:6.1f} s, peak RSS {(rss or 0) / 1024:.0f} MB")
+            lines.append(
+                f"| {n} | {seconds:.1f} | {1000 * seconds / n:.0f} | {(rss or 0) / 1024:.0f} | "
+                f"{'timed out' if timed_out else code} |"
+            )
+            shutil.rmtree(d, ignore_errors=True)
+    except KeyboardInterrupt:
+        say("interrupted")
+        return 130
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    command = f".venv/bin/python benchmarks/batch_scale.py {' '.join(argv)}".strip()
+    md = (
+        "`migrator batch` without --cluster on manifests of mbox -> Maildir accounts (each "
+        f"examples/sample.mbox, 12 messages, into its own Maildir), --jobs {args.jobs}, "
+        f"{os.cpu_count()} CPUs: one process schedules and runs every account.\n\n"
+        f"Command: `{command}`\n\n" + "\n".join(lines) + "\n"
+    )
+    say("\n" + md)
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / "batch_scale_archives.md").write_text(md)
+    (args.results / "batch_scale_archives.json").write_text(
+        json.dumps({"command": command, "runs": runs}, indent=1) + "\n"
+    )
+    return 0 if all(r["exit"] == 0 for r in runs) else 1
+
+
 def _terminate(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -389,6 +448,8 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
+    if args.archive_sizes:
+        return archives(args, argv)
     started = datetime.now(UTC)
     checks = [deps.check_dovecot(), deps.check_time()]
     missing = [c for c in checks if not c.ok]
