@@ -19,6 +19,14 @@ by the client): a rerun skips an account that finished, with the same selection,
 confirms that its last run was complete; resumes interrupted and never-started ones; and with
 ``retry_failed`` / ``only_failed`` runs the failed ones again.
 
+Stopping: Ctrl-C or SIGTERM on the client calls :func:`stop_accounts` where the accounts run (in
+this process, or on every worker through ``Client.run``); it sets each running account's
+``threading.Event``, and the engine commits its batch in flight and returns. An account whose
+task nobody waits for any more (the client left or was killed, so the scheduler released it)
+stops itself the same way (:func:`_watch_client`). What an account copied is read from its
+journal (:meth:`Journal.copied_in`), so an interrupted account, or one run again after its worker
+died, reports what reached its target during the run.
+
 Library code: nothing here prints. Progress goes to a :class:`BatchObserver`.
 """
 
@@ -58,6 +66,7 @@ from migrator.account import (
     run_job,
     tls_notices,
 )
+from migrator.checkpoint import Journal
 from migrator.endpoints import (
     AccessOptions,
     Endpoint,
@@ -172,10 +181,22 @@ def load_manifest(path: Path, env: Mapping[str, str] | None = None) -> Manifest:
 
 @dataclass
 class _Row:
-    where: str
+    where: str  # "accounts.csv line 3": the row, or the line of its [[account]] table
     values: dict[str, Any]
     #: Sides whose secret was written inline (already reported: no "needs a password" too).
     refused: set[str] = field(default_factory=set)
+    #: TOML: the line of each key, by column name (a CSV row is one line).
+    lines: dict[str, int] = field(default_factory=dict)
+    file: str = ""
+
+    def at(self, col: str) -> str:
+        """Where a problem with ``col`` is: "accounts.csv line 3, column source", or for TOML
+        "accounts.toml line 12, key source" (the key's own line)."""
+        if not self.file:
+            return f"{self.where}, column {col}"
+        if col in self.lines:
+            return f"{self.file} line {self.lines[col]}, key {col}"
+        return f"{self.where}, key {col}"
 
 
 def _csv_rows(path: Path, text: str) -> tuple[list[_Row], list[str]]:
@@ -256,22 +277,38 @@ def _toml_rows(path: Path, text: str) -> tuple[list[_Row], list[str]]:
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        return [], [f"{name}: not valid TOML ({exc})"]
+        message = str(exc)
+        at = re.search(r"\s*\(at line (\d+), column (\d+)\)$", message)
+        if at:
+            message = message[: at.start()]
+            return [], [f"{name} line {at[1]}, column {at[2]}: not valid TOML ({message})"]
+        return [], [f"{name}: not valid TOML ({message})"]
+    positions = _toml_positions(text)
     problems = []
     for key in doc:
         if key not in ("account", "accounts"):
-            problems.append(f"{name}: unknown table [{key}]; write one [[account]] per account")
+            line = positions.tables.get(key)
+            problems.append(
+                f"{name}{f' line {line}' if line else ''}: unknown table [{key}]; "
+                "write one [[account]] per account"
+            )
     tables = doc.get("account", doc.get("accounts", []))
     if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
         return [], [*problems, f"{name}: write one [[account]] table per account"]
+    # Line numbers only when the text's [[account]] headers are the tables tomllib found (not,
+    # say, an inline array of tables).
+    located = len(positions.accounts) == len(tables)
     rows = []
     for n, table in enumerate(tables, 1):
-        where = f"{name} [[account]] {n}"
-        row = _Row(where, {})
+        if located:
+            line, keys = positions.accounts[n - 1]
+            row = _Row(f"{name} line {line}", {}, lines=keys, file=name)
+        else:
+            row = _Row(f"{name} [[account]] {n}", {}, file=name)
         for raw, value in table.items():
             col = column_name(raw)
             if col not in COLUMNS:
-                problems.append(f"{where}, column {raw}: {_unknown_column(col)}")
+                problems.append(f"{row.at(col)}: {_unknown_column(col)}")
                 if _SECRET_COLUMN.search(col):
                     row.refused.update(
                         s for s in SIDES if not col.startswith(SIDES) or col.startswith(s)
@@ -282,12 +319,55 @@ def _toml_rows(path: Path, text: str) -> tuple[list[_Row], list[str]]:
     return rows, problems
 
 
+@dataclass
+class _TomlPositions:
+    #: Per [[account]] header, in order: its line, and the line of each of its keys.
+    accounts: list[tuple[int, dict[str, int]]] = field(default_factory=list)
+    #: Other tables' header lines, by name.
+    tables: dict[str, int] = field(default_factory=dict)
+
+
+_TOML_ACCOUNT = re.compile(r"""^\s*\[\[\s*(["']?)(accounts?)\1\s*\]\]""")
+_TOML_HEADER = re.compile(r"""^\s*\[+\s*(["']?)([^\]"']*)\1\s*\]""")
+_TOML_KEY = re.compile(r"""^\s*(?:"([^"]*)"|'([^']*)'|([A-Za-z0-9_-]+))\s*=""")
+
+
+def _toml_positions(text: str) -> _TomlPositions:
+    """Where the tables and keys of a TOML manifest are (tomllib gives values, not lines): a
+    line-by-line look at headers and ``key =`` lines, skipping multi-line strings."""
+    found = _TomlPositions()
+    keys: dict[str, int] | None = None
+    open_quote: str | None = None
+    for number, line in enumerate(text.splitlines(), 1):
+        if open_quote is not None:
+            if line.count(open_quote) % 2 == 1:
+                open_quote = None
+            continue
+        if match := _TOML_ACCOUNT.match(line):
+            keys = {}
+            found.accounts.append((number, keys))
+            continue
+        if match := _TOML_HEADER.match(line):
+            keys = None
+            found.tables.setdefault(match[2].strip(), number)
+            continue
+        if match := _TOML_KEY.match(line):
+            key = next(g for g in match.groups() if g is not None)
+            if keys is not None:
+                keys.setdefault(column_name(key), number)
+            rest = line[match.end() :]
+            for quote in ('"""', "'''"):
+                if rest.count(quote) % 2 == 1:
+                    open_quote = quote
+    return found
+
+
 def _text(row: _Row, col: str, problems: list[str]) -> str | None:
     value = row.values.get(col)
     if value is None or value == "":
         return None
     if isinstance(value, bool) or not isinstance(value, str | int | float):
-        problems.append(f"{row.where}, column {col}: expected text")
+        problems.append(f"{row.at(col)}: expected text")
         return None
     return str(value).strip() or None
 
@@ -298,12 +378,12 @@ def _list(row: _Row, col: str, problems: list[str]) -> tuple[str, ...]:
         return ()
     if isinstance(value, list):
         if not all(isinstance(v, str) for v in value):
-            problems.append(f"{row.where}, column {col}: expected a list of text")
+            problems.append(f"{row.at(col)}: expected a list of text")
             return ()
         return tuple(v.strip() for v in value if v.strip())
     if isinstance(value, str):
         return tuple(v.strip() for v in value.split(LIST_SEPARATOR) if v.strip())
-    problems.append(f"{row.where}, column {col}: expected text")
+    problems.append(f"{row.at(col)}: expected text")
     return ()
 
 
@@ -313,7 +393,7 @@ def _bool(row: _Row, col: str, problems: list[str]) -> bool:
         return bool(value)
     if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
         return value.strip().lower() in _TRUE
-    problems.append(f"{row.where}, column {col}: write yes or no")
+    problems.append(f"{row.at(col)}: write yes or no")
     return False
 
 
@@ -343,6 +423,17 @@ def check_rows(
     by_name: dict[str, str] = {}
     catalog = profile_catalog()  # one for every row: PROFILE:USER endpoints
     for row in rows:
+        # Names first, whatever else is wrong with the row: every problem at once.
+        explicit = _text(row, "name", [])
+        if explicit is not None:
+            if explicit in by_name:
+                problems.append(
+                    f"{row.at('name')}: {explicit!r} is already the name of the account at "
+                    f"{by_name[explicit]}"
+                )
+                _check_row(row, len(accounts) + 1, problems, warnings, env, catalog)
+                continue
+            by_name[explicit] = row.where
         account = _check_row(row, len(accounts) + 1, problems, warnings, env, catalog)
         if account is None:
             continue
@@ -354,15 +445,12 @@ def check_rows(
             )
             continue
         by_pair[pair] = row.where
-        explicit = _text(row, "name", [])
         name = account.name
-        if name in by_name:
-            if explicit:
-                problems.append(f"{row.where}, column name: {name!r} is already {by_name[name]}")
-                continue
-            name = f"{name}#{account.index}"
-            account = replace(account, name=name, journal=_journal_name(name, pair))
-        by_name[name] = row.where
+        if explicit is None:
+            if name in by_name:
+                name = f"{name}#{account.index}"
+                account = replace(account, name=name, journal=_journal_name(name, pair))
+            by_name[name] = row.where
         accounts.append(account)
     if not rows and not problems:
         problems.append(f"{path.name}: no accounts in the manifest")
@@ -393,7 +481,7 @@ def _check_row(
     for side in SIDES:
         text = _text(row, side, problems)
         if text is None:
-            problems.append(f"{where}, column {side}: empty; every account needs a {side}")
+            problems.append(f"{row.at(side)}: empty; every account needs a {side}")
             continue
         try:
             # PROFILE:USER reaches the profile's server (an unknown profile is named as such)
@@ -406,7 +494,7 @@ def _check_row(
                 check = server
             open_store(check, AccessOptions(secret=_never), side)  # a role or kind not served
         except MigratorError as exc:
-            problems.append(f"{where}, column {side}: {exc}")
+            problems.append(f"{row.at(side)}: {exc}")
             continue
         endpoints[side] = endpoint
         recipe = _recipe(row, side, problems)
@@ -414,7 +502,7 @@ def _check_row(
         if isinstance(server, ServerEndpoint):
             if not recipe.given and side not in row.refused:
                 problems.append(
-                    f"{where}, column {side}_password_env: {endpoint} needs a password or an "
+                    f"{row.at(side + '_password_env')}: {endpoint} needs a password or an "
                     f"OAuth2 token: name its environment variable ({side}_password_env), a "
                     f"{side}_password_file, a {side}_password_cmd, a {side}_oauth2_token_cmd, "
                     f"or set {side}_keyring"
@@ -458,12 +546,11 @@ def _never() -> str:
 
 
 def _recipe(row: _Row, side: str, problems: list[str]) -> SecretRecipe:
-    where = row.where
     env = _text(row, f"{side}_password_env", problems)
     if env is not None and not env_var_name_ok(env):
         # The value is not repeated: it may be the password itself.
         problems.append(
-            f"{where}, column {side}_password_env: not the name of an environment variable; write "
+            f"{row.at(side + '_password_env')}: not the name of an environment variable; write "
             "the variable's name (the password itself never goes in the manifest)"
         )
         row.refused.add(side)
@@ -485,11 +572,11 @@ def _command(row: _Row, col: str, instead: str | None, problems: list[str]) -> s
             words = shlex.split(cmd)
         except ValueError:
             words = []
-            problems.append(f"{row.where}, column {col}: unbalanced quotes")
+            problems.append(f"{row.at(col)}: unbalanced quotes")
         if len(words) > 1 and Path(words[0]).name in ("echo", "printf"):
             what = "password" if instead else "token"
             problems.append(
-                f"{row.where}, column {col}: a command that prints a literal is a {what} "
+                f"{row.at(col)}: a command that prints a literal is a {what} "
                 f"written in the manifest; use a password manager's command"
                 + (f", or {instead}" if instead else "")
             )
@@ -505,23 +592,21 @@ def _check_here(
     problems: list[str],
 ) -> None:
     """Checks that only make sense where the accounts will run (no cluster)."""
-    where = row.where
     if recipe.env and not env.get(recipe.env):
         problems.append(
-            f"{where}, column {side}_password_env: the environment variable {recipe.env} is not set"
+            f"{row.at(side + '_password_env')}: the environment variable {recipe.env} is not set"
         )
     if recipe.file and not recipe.env:
         p = Path(recipe.file).expanduser()
         if not p.is_file() or not os.access(p, os.R_OK):
-            problems.append(f"{where}, column {side}_password_file: cannot read {p}")
+            problems.append(f"{row.at(side + '_password_file')}: cannot read {p}")
     if ca_file:
         p = Path(ca_file).expanduser()
         if not p.is_file():
-            problems.append(f"{where}, column {side}_ca_file: no such file {p}")
+            problems.append(f"{row.at(side + '_ca_file')}: no such file {p}")
 
 
 def _options(row: _Row, problems: list[str]) -> dict[str, Any]:
-    where = row.where
     values: dict[str, Any] = {
         "folder": _list(row, "folder", problems),
         "exclude": _list(row, "exclude", problems),
@@ -546,12 +631,12 @@ def _options(row: _Row, problems: list[str]) -> dict[str, Any]:
             try:
                 parser(values[col])
             except ValueError as exc:
-                problems.append(f"{where}, column {col}: {exc}")
+                problems.append(f"{row.at(col)}: {exc}")
     for col, check in (("map", parse_renames), ("flags", parse_flags)):
         try:
             check(values[col], col)
         except ConfigError as exc:
-            problems.append(f"{where}, column {col}: {exc}")
+            problems.append(f"{row.at(col)}: {exc}")
     return values
 
 
@@ -639,6 +724,10 @@ class Ledger:
             os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
             db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
+            # No fsync a write (5 ms an account, on the client's one thread): a power cut can
+            # lose the last rows, and then the plan runs those accounts again, which their
+            # journals make a no-op (a 'done' row is trusted only when the journal agrees).
+            db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA busy_timeout=10000")
             db.executescript(_LEDGER_SCHEMA)
         except (OSError, sqlite3.Error) as exc:
@@ -705,18 +794,27 @@ class Ledger:
 
 def journal_finished(path: Path) -> bool:
     """True when the account's journal says its last run completed (status 'done')."""
-    if not path.exists():
+    journal = Journal.peek(path)
+    if journal is None:
         return False
     try:
-        db = sqlite3.connect(path, timeout=5)
-        try:
-            db.execute("PRAGMA query_only=1")
-            row = db.execute("SELECT status FROM runs ORDER BY id DESC LIMIT 1").fetchone()
-        finally:
-            db.close()
-    except sqlite3.Error:
-        return False
-    return row is not None and row[0] == "done"
+        return journal.last_run_done()
+    finally:
+        journal.close()
+
+
+def journal_copied(path: Path, batch: str) -> tuple[int, int] | None:
+    """(messages, bytes) that reached the account's target during batch run ``batch``, by its
+    journal (see Journal.copied_in); None when that run never began to copy it."""
+    journal = Journal.peek(path)
+    if journal is None:
+        return None
+    try:
+        return journal.copied_in(batch)
+    except (sqlite3.Error, ValueError, KeyError, TypeError):
+        return None
+    finally:
+        journal.close()
 
 
 # -- results -------------------------------------------------------------------------------------
@@ -874,8 +972,8 @@ class AccountTask:
     job: CopyJob
     settings: RunSettings
     journal: str
+    #: The batch's tag: the Dask topic its events go to, and what stop_accounts() stops.
     topic: str | None = None
-    stop_event: str | None = None
     #: How long to wait for the journal's lock (a dead client's task may still be finishing).
     lock_wait: float = 120.0
 
@@ -930,25 +1028,6 @@ class _EventReporter:
         self._send({"kind": "notice", "account": self._name, "text": text})
 
 
-def _wait_for_journal(path: Path, timeout: float, stop: threading.Event) -> None:
-    """Wait until no other process holds the journal's lock (a task of a client that died, still
-    finishing on a worker), for at most ``timeout`` seconds; Journal.open then says if not."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    deadline = time.monotonic() + timeout
-    while True:
-        fd = os.open(f"{path}.lock", os.O_CREAT | os.O_RDWR, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            return
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
-        if time.monotonic() >= deadline or stop.wait(0.5):
-            return
-
-
 def _first_error(summary: Any) -> str | None:
     for folder in summary.folders:
         if folder.error:
@@ -971,31 +1050,57 @@ def run_account(task: AccountTask) -> AccountResult:
                 worker.log_event(task.topic, message)
 
     stop = threading.Event()
-    finished = threading.Event()
-    if worker is not None and task.stop_event:
-        _watch_stop(task.stop_event, stop, finished)
-    send({"kind": "started", "account": task.name, "worker": address})
-    started = time.monotonic()
     result = AccountResult(
         task.name, task.source, task.target, FAILED, worker=address, journal=task.journal
     )
-    reporter = _EventReporter(send, task.name)
+    watching = _watch_client(worker, stop) if worker is not None else contextlib.nullcontext()
+    with _stoppable(task.topic, stop), watching:
+        if stop.is_set():  # the batch was stopped before this account started: not run
+            result.status, result.worker = NOT_RUN, None
+            return result
+        send({"kind": "started", "account": task.name, "worker": address})
+        started = time.monotonic()
+        reporter = _EventReporter(send, task.name)
+        path = Path(task.journal)
+        batch = task.topic or uuid.uuid4().hex
+        try:
+            Journal.wait_unlocked(path, task.lock_wait, stop)
+            _begin_attempt(path, batch)
+            summary = run_job(task.job, task.settings, path, reporter, stop)
+        except MigratorError as exc:
+            result.error = str(exc)
+        else:
+            result.status = INTERRUPTED if summary.interrupted else DONE if summary.ok else PARTIAL
+            result.copied = summary.total("copied")
+            result.skipped = summary.total("skipped")
+            result.failed = summary.total("failed")
+            result.bytes = summary.total("bytes")
+            result.error = _first_error(summary)
+        _count_from_journal(result, batch)
+        result.seconds = time.monotonic() - started
+        return result
+
+
+def _begin_attempt(path: Path, batch: str) -> None:
+    journal = Journal.open(path)
     try:
-        _wait_for_journal(Path(task.journal), task.lock_wait, stop)
-        summary = run_job(task.job, task.settings, Path(task.journal), reporter, stop)
-    except MigratorError as exc:
-        result.error = str(exc)
-    else:
-        result.status = INTERRUPTED if summary.interrupted else DONE if summary.ok else PARTIAL
-        result.copied = summary.total("copied")
-        result.skipped = summary.total("skipped")
-        result.failed = summary.total("failed")
-        result.bytes = summary.total("bytes")
-        result.error = _first_error(summary)
+        journal.begin_attempt(batch)
     finally:
-        finished.set()
-    result.seconds = time.monotonic() - started
-    return result
+        journal.close()
+
+
+def _count_from_journal(result: AccountResult, batch: str) -> None:
+    """Copied and bytes as the journal has them for this batch run, all attempts together (an
+    earlier attempt, on a worker that died, counts); what the engine counted as skipped because
+    an earlier attempt had copied it is not skipped."""
+    if result.journal is None:
+        return
+    counted = journal_copied(Path(result.journal), batch)
+    if counted is None:
+        return
+    copied, nbytes = counted
+    result.skipped = max(0, result.skipped - max(0, copied - result.copied))
+    result.copied, result.bytes = copied, nbytes
 
 
 def _current_worker() -> Any:
@@ -1009,22 +1114,103 @@ def _current_worker() -> Any:
         return None
 
 
-def _watch_stop(name: str, stop: threading.Event, finished: threading.Event) -> None:
-    """Stop the engine when the client sets the batch's stop Event (Ctrl-C on the client)."""
-    from distributed import Event
+# Accounts running in this process, by batch (the batch's topic): what stop_accounts() stops.
+# A plain threading.Event per account works in any thread; no Dask object is shared across
+# threads (a distributed.Event made in the task's thread cannot be waited on in another).
+_running_lock = threading.Lock()
+_running: dict[str, set[threading.Event]] = {}
+_stopped: set[str] = set()
 
-    event = Event(name)
 
-    def watch() -> None:
-        while not finished.is_set():
-            try:
-                if event.wait(timeout=1.0):
-                    stop.set()
-                    return
-            except Exception:  # the scheduler is gone: nobody will ask us to stop
-                return
+@contextlib.contextmanager
+def _stoppable(batch: str | None, stop: threading.Event) -> Iterator[None]:
+    """Register ``stop`` as one of ``batch``'s running accounts here, for stop_accounts()."""
+    if batch is None:
+        yield
+        return
+    with _running_lock:
+        _running.setdefault(batch, set()).add(stop)
+        if batch in _stopped:
+            stop.set()
+    try:
+        yield
+    finally:
+        with _running_lock:
+            events = _running.get(batch)
+            if events is not None:
+                events.discard(stop)
+                if not events:
+                    del _running[batch]
 
-    threading.Thread(target=watch, name="migrator-stop-watch", daemon=True).start()
+
+def stop_accounts(batch: str) -> int:
+    """Stop every account of ``batch`` running in this process (and any that starts later): the
+    engine commits the batch of messages in flight and returns. The client calls it on every
+    worker (Client.run) on Ctrl-C or SIGTERM; returns how many accounts it reached here."""
+    with _running_lock:
+        _stopped.add(batch)
+        events = list(_running.get(batch, ()))
+    for event in events:
+        event.set()
+    return len(events)
+
+
+#: Seconds between two looks of an account's watcher at its task and its worker.
+WATCH_INTERVAL = 0.5
+
+
+# Accounts of this process that the watcher looks after: stop event -> (worker, task key).
+_watched: dict[threading.Event, tuple[Any, Any]] = {}
+_watcher: threading.Thread | None = None
+
+
+@contextlib.contextmanager
+def _watch_client(worker: Any, stop: threading.Event) -> Iterator[None]:
+    """While the account runs, stop it when nobody waits for it any more: its task was cancelled
+    or released (the client left or was killed, and the scheduler forgot its tasks), or the
+    worker is closing. One watcher thread per process looks at every account every
+    WATCH_INTERVAL, reading only the worker's own state (so it works from any thread). Not a
+    thread per account: on Python 3.11 before 3.11.9, a thread ending while Dask's sampling
+    profiler runs can deadlock the process (CPython gh-106883), so threads are not churned."""
+    global _watcher
+    key = None
+    with contextlib.suppress(Exception):
+        key = worker.get_current_task()
+    if key is None:
+        yield
+        return
+    with _running_lock:
+        _watched[stop] = (worker, key)
+        if _watcher is None or not _watcher.is_alive():
+            _watcher = threading.Thread(
+                target=_watch_accounts, name="migrator-account-watch", daemon=True
+            )
+            _watcher.start()
+    try:
+        yield
+    finally:
+        with _running_lock:
+            _watched.pop(stop, None)
+
+
+def _wanted(worker: Any, key: Any) -> bool:
+    try:
+        task = worker.state.tasks.get(key)
+        state = getattr(task, "state", None)
+        status = getattr(getattr(worker, "status", None), "name", "running")
+    except Exception:  # the worker's state is being torn down: it is closing
+        return False
+    return state in ("executing", "long-running") and status in ("running", "paused")
+
+
+def _watch_accounts() -> None:
+    while True:
+        time.sleep(WATCH_INTERVAL)
+        with _running_lock:
+            watched = list(_watched.items())
+        for stop, (worker, key) in watched:
+            if not stop.is_set() and not _wanted(worker, key):
+                stop.set()
 
 
 # -- the client: schedule accounts on the cluster ------------------------------------------------
@@ -1136,7 +1322,6 @@ class _Runner:
         self.wake = threading.Event()
         tag = uuid.uuid4().hex[:12]
         self.topic = f"migrator-batch-{tag}"
-        self.stop_name = f"migrator-batch-stop-{tag}"
 
     def run(self) -> tuple[dict[str, AccountResult], bool]:
         client, cluster = _connect(self.settings)
@@ -1209,7 +1394,6 @@ class _Runner:
                 settings=self.settings.run,
                 journal=str(self.ledger.journal_path(account)),
                 topic=self.topic,
-                stop_event=self.stop_name,
                 lock_wait=self.settings.lock_wait,
             )
             future = client.submit(
@@ -1225,7 +1409,11 @@ class _Runner:
     def _collect(self, running: dict[Any, Account]) -> None:
         for future in [f for f in running if f.done()]:
             account = running.pop(future)
-            self._finish(account, _outcome(future, account, self.ledger))
+            result = _outcome(future, account, self.ledger)
+            if result.status == FAILED and not result.copied:
+                # no result came back (a worker lost for good, ...): what its journal says
+                _count_from_journal(result, self.topic)
+            self._finish(account, result)
 
     def _finish(self, account: Account, result: AccountResult) -> None:
         self.slots.release(account.hosts)
@@ -1237,12 +1425,10 @@ class _Runner:
     def _stop(self, client: Any, pending: deque[Account], running: dict[Any, Account]) -> None:
         """Ask running accounts to stop after their current batch, give them ``grace`` seconds
         to say so, then leave the rest as interrupted (their journals keep what they did)."""
-        from distributed import Event
-
-        with contextlib.suppress(Exception):
-            Event(self.stop_name, client=client).set()
+        _stop_everywhere(client, self.topic, local=self.settings.cluster is None)
         self.observer.notice(
-            f"stopping: {len(running)} running accounts finish their current batch of messages"
+            f"stopping: {plural(len(running), 'running account')} "
+            f"{'finishes its' if len(running) == 1 else 'finish their'} current batch of messages"
         )
         deadline = time.monotonic() + self.settings.grace
         try:
@@ -1256,17 +1442,16 @@ class _Runner:
         for future, account in list(running.items()):
             with contextlib.suppress(Exception):
                 future.cancel()
-            self._finish(
-                account,
-                AccountResult(
-                    account.name,
-                    account.source,
-                    account.target,
-                    INTERRUPTED,
-                    error="still running when the batch was interrupted",
-                    journal=str(self.ledger.journal_path(account)),
-                ),
+            abandoned = AccountResult(
+                account.name,
+                account.source,
+                account.target,
+                INTERRUPTED,
+                error="still running when the batch was interrupted",
+                journal=str(self.ledger.journal_path(account)),
             )
+            _count_from_journal(abandoned, self.topic)  # what it copied until now
+            self._finish(account, abandoned)
         running.clear()
         for account in pending:
             self.results[account.name] = AccountResult(
@@ -1277,6 +1462,28 @@ class _Runner:
                 ran=False,
                 journal=str(self.ledger.journal_path(account)),
             )
+
+
+def _stop_everywhere(client: Any, batch: str, local: bool) -> None:
+    """stop_accounts(batch) where the accounts run: here for the in-process cluster, on every
+    worker of a real one (a worker that cannot be reached in a few seconds stops its accounts
+    by itself once this client is gone: see _watch_client)."""
+    if local:
+        stop_accounts(batch)
+        return
+
+    def reach() -> None:
+        with contextlib.suppress(Exception):
+            client.run(stop_accounts, batch, on_error="ignore")
+
+    sender = threading.Thread(target=reach, name="migrator-batch-stop", daemon=True)
+    sender.start()
+    sender.join(STOP_REACH_SECONDS)
+
+
+#: How long the client tries to reach the workers with a stop before it relies on them noticing
+#: that it left.
+STOP_REACH_SECONDS = 5.0
 
 
 def _outcome(future: Any, account: Account, ledger: Ledger) -> AccountResult:
@@ -1332,13 +1539,19 @@ def _connect(settings: BatchSettings) -> tuple[Any, Any]:
                 f"cannot reach the Dask scheduler at {settings.cluster} ({exc}); start it with "
                 "`dask scheduler` and workers with `dask worker ADDRESS`"
             ) from None
-    cluster = LocalCluster(
-        n_workers=1,
-        threads_per_worker=settings.jobs,
-        processes=False,
-        dashboard_address=None,
-        memory_limit=0,
-    )
+    import dask
+
+    # No sampling profiler (sys._current_frames every 10 ms): nobody reads its figures here, and
+    # on Python 3.11 before 3.11.9 it can deadlock with a thread that ends (CPython gh-106883),
+    # as the accounts' threads do all the time: seen on a batch of 2,000 accounts.
+    with dask.config.set({"distributed.worker.profile.enabled": False}):
+        cluster = LocalCluster(
+            n_workers=1,
+            threads_per_worker=settings.jobs,
+            processes=False,
+            dashboard_address=None,
+            memory_limit=0,
+        )
     try:
         return Client(cluster, set_as_default=False), cluster
     except BaseException:
@@ -1347,6 +1560,11 @@ def _connect(settings: BatchSettings) -> tuple[Any, Any]:
 
 
 # -- what the user reads -------------------------------------------------------------------------
+
+
+def plural(count: int, noun: str) -> str:
+    """'1 account', '2 accounts'."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def _duration(seconds: float) -> str:
@@ -1393,18 +1611,22 @@ def results_table(result: BatchResult) -> str:
 
 
 def results_json(result: BatchResult) -> dict[str, Any]:
+    """Per account as copy --json counts (copied, skipped, failed: messages); at the top, every
+    count says what it counts: accounts_* (accounts by status) or messages_*."""
     return {
         "accounts": [{**asdict(a), "seconds": round(a.seconds, 3)} for a in result.accounts],
-        "done": result.count(DONE),
-        "partial": result.count(PARTIAL),
-        "failed": result.count(FAILED),
-        "interrupted": result.count(INTERRUPTED),
-        "not_run": result.count(NOT_RUN),
-        "ran": result.ran,
-        "copied": result.total("copied"),
-        "skipped": result.total("skipped"),
-        "failed_messages": result.total("failed"),
+        "accounts_total": len(result.accounts),
+        "accounts_ran": result.ran,
+        "accounts_done": result.count(DONE),
+        "accounts_partial": result.count(PARTIAL),
+        "accounts_failed": result.count(FAILED),
+        "accounts_interrupted": result.count(INTERRUPTED),
+        "accounts_not_run": result.count(NOT_RUN),
+        "messages_copied": result.total("copied"),
+        "messages_skipped": result.total("skipped"),
+        "messages_failed": result.total("failed"),
         "bytes": result.total("bytes"),
+        "interrupted": result.interrupted,
         "seconds": round(result.seconds, 3),
     }
 

@@ -789,3 +789,100 @@ class Journal:
             "WHERE m.state='failed' ORDER BY m.src_folder, m.src_id"
         )
         return [Failure(folder_path(s), i, e or "", a) for s, i, e, a in rows]
+
+    # -- one account of a batch (migrator.batch) -----------------------------------------------
+
+    @classmethod
+    def peek(cls, path: Path) -> Journal | None:
+        """Open read-only, without the lock (a batch's client looking at the journal an account
+        writes, or wrote, on a worker); None when there is no journal to read."""
+        if not path.exists():
+            return None
+        try:
+            db = sqlite3.connect(
+                f"file:{path}?mode=ro",
+                uri=True,
+                timeout=5,
+                check_same_thread=False,
+                isolation_level=None,
+            )
+            db.execute("PRAGMA query_only=1")
+            db.execute("SELECT 1 FROM meta LIMIT 1").fetchall()  # a journal, not another file
+        except sqlite3.Error:
+            return None
+        return cls(db, path, None)
+
+    @staticmethod
+    def wait_unlocked(path: Path, timeout: float, stop: threading.Event) -> None:
+        """Wait until no process holds the journal's lock (a run that was told to stop and is
+        committing its last batch), for at most ``timeout`` seconds or until ``stop``; open()
+        then says if it is still held."""
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        deadline = time.monotonic() + timeout
+        while True:
+            fd = os.open(f"{path}.lock", os.O_CREAT | os.O_RDWR, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                return
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+            if time.monotonic() >= deadline or stop.wait(0.2):
+                return
+
+    def last_run_done(self) -> bool:
+        """True when the last run recorded here completed (status 'done')."""
+        try:
+            rows = self._query("SELECT status FROM runs ORDER BY id DESC LIMIT 1")
+        except sqlite3.Error:
+            return False
+        return bool(rows) and rows[0][0] == "done"
+
+    def begin_attempt(self, tag: str) -> None:
+        """Note that a batch run (``tag``) starts, or starts again (its worker died), to copy
+        this account: the first attempt of a tag sets the time its copies are counted from; every
+        attempt adds the appends left in doubt (journaled 'pending'), which, should the target
+        turn out to hold them, reached it in this batch run (see copied_in())."""
+        with self._tx() as db:
+            row = db.execute("SELECT value FROM meta WHERE key='batch_attempt'").fetchone()
+            attempt = json.loads(row[0]) if row else {}
+            if attempt.get("tag") != tag:
+                attempt = {"tag": tag, "since": time.time(), "doubt": []}
+            doubt = {tuple(r) for r in attempt["doubt"]}
+            doubt.update(
+                db.execute(
+                    "SELECT src_folder, validity, src_id, dst_folder FROM messages "
+                    "WHERE state='pending'"
+                ).fetchall()
+            )
+            attempt["doubt"] = sorted(doubt)
+            db.execute(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES ('batch_attempt', ?)",
+                (json.dumps(attempt),),
+            )
+
+    def copied_in(self, tag: str) -> tuple[int, int] | None:
+        """(messages, bytes) that reached the target during batch run ``tag``, all its attempts
+        together: confirmed since its first attempt began, plus the appends in doubt at an
+        attempt's start that the target turned out to hold. None: that run never began here."""
+        rows = self._query("SELECT value FROM meta WHERE key='batch_attempt'")
+        attempt = json.loads(rows[0][0]) if rows else {}
+        if attempt.get("tag") != tag:
+            return None
+        done = self._query(
+            "SELECT count(*), coalesce(sum(size), 0) FROM messages "
+            "WHERE state='done' AND updated >= ?",
+            (float(attempt["since"]),),
+        )[0]
+        count, nbytes = int(done[0]), int(done[1])
+        for piece in _statements(attempt["doubt"]):
+            found = self._query(
+                "SELECT count(*), coalesce(sum(size), 0) FROM messages WHERE state='skipped' "
+                "AND (src_folder, validity, src_id, dst_folder) IN "
+                f"(VALUES {', '.join(['(?, ?, ?, ?)'] * len(piece))})",
+                [value for key in piece for value in key],
+            )[0]
+            count, nbytes = count + int(found[0]), nbytes + int(found[1])
+        return count, nbytes

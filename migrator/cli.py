@@ -1296,10 +1296,13 @@ class BatchLines:
             _err(text)
 
     def planned(self, plan: Any, total: int) -> None:
+        from migrator.batch import plural
+
         self.total = total
         if plan.kept:
             self._say(
-                f"migrator: {total} accounts to run; {len(plan.kept)} left as they were "
+                f"migrator: {plural(total, 'account')} to run; {len(plan.kept)} left as "
+                f"{'it was' if len(plan.kept) == 1 else 'they were'} "
                 "(finished or failed before: --refresh, --retry-failed)"
             )
 
@@ -1495,6 +1498,7 @@ def batch(
     """
     with _errors(debug):
         import logging
+        import warnings
 
         from migrator.account import RunSettings
         from migrator.batch import (
@@ -1510,8 +1514,10 @@ def batch(
         )
 
         if not debug:
-            for name in ("distributed", "tornado", "asyncio"):
-                logging.getLogger(name).setLevel(logging.CRITICAL)
+            # Dask configures its loggers when it is imported (later, by run_batch), and warns
+            # through `warnings` too: neither belongs on the terminal (migrator logs nothing).
+            logging.disable(logging.CRITICAL)
+            warnings.filterwarnings("ignore", module=r"(distributed|dask|tornado|asyncio)\b")
         try:
             loaded = load_manifest(manifest, env=None if cluster else os.environ)
         except ManifestError as exc:

@@ -9,7 +9,9 @@ message copied twice, lost or altered fails the test.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import json
 import os
 import signal
@@ -59,6 +61,7 @@ class Fleet:
     manifest: Path
     env: dict[str, str]
     state: Path
+    messages: int = MESSAGES
 
     def run(self, *args: str, env: dict[str, str] | None = None, timeout: float = 240):
         return subprocess.run(
@@ -104,10 +107,24 @@ class Fleet:
             time.sleep(0.02)
         raise AssertionError(f"the batch did not reach {done} accounts: {self.ledger()}")
 
+    def target_count(self) -> int:
+        """Messages in all the targets now (STATUS of every folder)."""
+        total = 0
+        for _, dst in self.pairs:
+            client = dst.client()  # type: ignore[attr-defined]
+            try:
+                for _flags, _sep, folder in client.list_folders():
+                    with contextlib.suppress(Exception):
+                        total += client.folder_status(folder, [b"MESSAGES"])[b"MESSAGES"]
+            finally:
+                with contextlib.suppress(Exception):
+                    client.logout()
+        return total
+
     def assert_exactly_once(self) -> None:
         for src, dst in self.pairs:
             a, b = snapshot_imap(src.client()), snapshot_imap(dst.client())  # type: ignore[attr-defined]
-            assert sum(map(len, a.values())) == MESSAGES
+            assert sum(map(len, a.values())) == self.messages
             for folder, messages in a.items():
                 assert b.get(folder) == messages, (
                     f"{src.user} {folder}: {len(messages)} in source, "  # type: ignore[attr-defined]
@@ -121,14 +138,16 @@ class Fleet:
 def fleet(
     account, dovecot_source, dovecot_target, second_target, dovecot_tmp, tls_files
 ) -> Callable[..., Fleet]:
-    def make(n: int = ACCOUNTS, seed: int = 0, prefix: str = "b") -> Fleet:
+    def make(
+        n: int = ACCOUNTS, seed: int = 0, prefix: str = "b", messages: int = MESSAGES
+    ) -> Fleet:
         env = base_env()
         rows = [COLUMNS]
         pairs = []
         for i in range(n):
             src = account(dovecot_source, prefix=prefix)
             dst = account(dovecot_target if i % 2 == 0 else second_target, prefix=prefix)
-            seed_imap(src.client(), make_corpus(seed * 100 + i, MESSAGES), "/")
+            seed_imap(src.client(), make_corpus(seed * 100 + i, messages), "/")
             var = f"BATCH_SRC_PW_{i}"
             env[var] = src.password
             pw_file = dovecot_tmp / f"target-{i}.pw"
@@ -141,7 +160,7 @@ def fleet(
             pairs.append((src, dst))
         manifest = dovecot_tmp / "accounts.csv"
         manifest.write_text("\n".join(rows) + "\n")
-        return Fleet(pairs, manifest, env, dovecot_tmp / "state")
+        return Fleet(pairs, manifest, env, dovecot_tmp / "state", messages)
 
     return make
 
@@ -153,9 +172,13 @@ def test_twenty_accounts_four_at_a_time_exactly_once_and_a_rerun_does_nothing(fl
     f = fleet()
     report = f.state.parent / "report.csv"
     data = f.run_json("--jobs", "4", "--report", str(report))
-    assert data["done"] == ACCOUNTS and data["ran"] == ACCOUNTS and data["failed"] == 0
+    assert (
+        data["accounts_done"] == ACCOUNTS
+        and data["accounts_ran"] == ACCOUNTS
+        and data["accounts_failed"] == 0
+    )
     assert all(a["copied"] == MESSAGES and a["status"] == "done" for a in data["accounts"])
-    assert data["copied"] == ACCOUNTS * MESSAGES
+    assert data["messages_copied"] == ACCOUNTS * MESSAGES
     f.assert_exactly_once()
     with open(report, newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -198,10 +221,10 @@ def test_a_failed_account_exits_1_names_its_error_and_waits_for_retry_failed(fle
     assert "acct01: imaps://" in result.stdout and "authentication" in result.stdout.lower()
     assert "wrong" not in result.stdout + result.stderr
     again = f.run_json(expect=1)  # left alone: still failed, nothing run
-    assert again["ran"] == 0 and again["failed"] == 1
+    assert again["accounts_ran"] == 0 and again["accounts_failed"] == 1
     pw_file.write_text(good)
     fixed = f.run_json("--retry-failed")
-    assert fixed["ran"] == 1 and fixed["done"] == 3
+    assert fixed["accounts_ran"] == 1 and fixed["accounts_done"] == 3
     f.assert_exactly_once()
 
 
@@ -222,7 +245,7 @@ def test_sigkill_half_way_then_rerun_completes_exactly_once(fleet):
 
     data = f.run_json("--jobs", "4")
     resumed = [a for a in data["accounts"] if a["ran"]]
-    assert data["done"] == ACCOUNTS
+    assert data["accounts_done"] == ACCOUNTS
     assert len(resumed) == ACCOUNTS - sum(s == "done" for s in status.values())
     f.assert_exactly_once()
 
@@ -251,7 +274,8 @@ class DaskCluster:
         log = open(self.directory / f"{name}.log", "wb")  # noqa: SIM115
         proc = subprocess.Popen(
             [sys.executable, "-m", "dask", *argv],
-            env=self.env,
+            # as README says for Python 3.11 < 3.11.9 (CPython gh-106883)
+            env=dict(self.env, DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED="False"),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -378,7 +402,8 @@ def test_on_a_dask_cluster_secrets_stay_on_workers_and_a_dead_worker_loses_nothi
         )
         assert result.returncode == 0, result.stderr + cluster.logs()
         data = json.loads(result.stdout)
-        assert data["done"] == 4
+        copied_first = data["messages_copied"]
+        assert data["accounts_done"] == 4
         assert {a["worker"] for a in data["accounts"]} == set(cluster.worker_addresses())
 
         # The whole manifest, four accounts at a time; a worker dies half-way.
@@ -404,12 +429,106 @@ def test_on_a_dask_cluster_secrets_stay_on_workers_and_a_dead_worker_loses_nothi
         out, err = proc.communicate(timeout=240)
         assert proc.returncode == 0, err.decode() + cluster.logs()
         data = json.loads(out)
-        assert data["done"] == count and data["ran"] == count - 4
+        assert data["accounts_done"] == count and data["accounts_ran"] == count - 4
         by_name = {a["name"]: a for a in data["accounts"]}
         # what the dead worker was copying was finished by the other one (all but a freshly
         # started one could have finished in the instant before the kill)
         moved = [n for n in lost if by_name[n]["worker"] == survivor]
         assert moved, [(n, by_name[n]["worker"], victim, survivor) for n in lost]
+        # what the dead worker copied counts once, in the account that was run again
+        assert copied_first + data["messages_copied"] == count * MESSAGES, data
+        f.assert_exactly_once()
+    finally:
+        cluster.close()
+
+
+# -- 5. Ctrl-C: a stop that stops, and numbers that add up -------------------------------------
+
+
+def _interrupt_then_rerun(f: Fleet, args: tuple[str, ...], env: dict[str, str]) -> None:
+    """SIGINT while accounts copy: exit 130 within 20 s; nothing lands in a target after the
+    client has gone; the rerun finishes exactly-once; copied in both runs adds up to the
+    sources' messages."""
+    total = len(f.pairs) * f.messages
+    proc = f.start("--jobs", "3", "--workers", "1", "--json", *args, env=env)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if f.target_count() >= total // 8:
+            break
+        time.sleep(0.1)
+    assert proc.poll() is None, "the batch finished before it could be interrupted"
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    try:
+        out, err = proc.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate(timeout=30)
+        raise AssertionError("the batch did not stop within 20 s of SIGINT") from None
+    took = time.monotonic() - sent
+    assert proc.returncode == 130, err.decode()
+    assert took < 20, took
+    noise = [line for line in err.decode().splitlines() if not line.startswith("migrator:")]
+    assert not noise, noise  # no library warnings (CancelledError, ...) on the terminal
+    first = json.loads(out)
+    assert first["interrupted"] is True and first["accounts_interrupted"] >= 1, first
+    stopped = [a for a in first["accounts"] if a["status"] == "interrupted"]
+    assert all(a["error"] is None for a in stopped), stopped  # each ended by itself
+    landed = f.target_count()
+    time.sleep(3)
+    assert f.target_count() == landed, "a target kept growing after the client exited"
+    assert first["messages_copied"] == landed  # what the run says it copied is what landed
+    assert landed < total
+
+    second = f.run_json("--jobs", "3", *args, env=env)
+    assert second["accounts_done"] == len(f.pairs)
+    assert first["messages_copied"] + second["messages_copied"] == total
+    f.assert_exactly_once()
+
+
+def test_sigint_stops_a_local_batch_and_the_counts_add_up(fleet):
+    f = fleet(6, seed=5, messages=300)
+    _interrupt_then_rerun(f, (), f.env)
+
+
+def test_sigint_stops_a_batch_on_a_real_cluster_and_the_counts_add_up(fleet, dovecot_tmp):
+    f = fleet(6, seed=6, messages=300)
+    cluster = DaskCluster(dovecot_tmp, dict(f.env, PYTHONPATH=str(REPO)))
+    try:
+        cluster.start(workers=2)
+        _interrupt_then_rerun(f, ("--cluster", cluster.address), f.env)
+    finally:
+        cluster.close()
+
+
+def test_a_killed_client_leaves_no_worker_copying_and_no_lock_held(fleet, dovecot_tmp):
+    """SIGKILL of the client, so nobody tells the workers: they stop their accounts themselves
+    once the scheduler forgets the client's tasks, and the next run starts at once."""
+    f = fleet(4, seed=7, messages=300)
+    cluster = DaskCluster(dovecot_tmp, dict(f.env, PYTHONPATH=str(REPO)))
+    try:
+        cluster.start(workers=2)
+        proc = f.start("--jobs", "4", "--workers", "1", "--cluster", cluster.address)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if f.target_count() >= len(f.pairs) * f.messages // 8:
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None, "the batch finished before it could be killed"
+        proc.kill()
+        proc.communicate(timeout=30)
+        time.sleep(3)  # the watchers look every 0.5 s; an in-flight batch commits
+        landed = f.target_count()
+        time.sleep(3)
+        assert f.target_count() == landed, "a worker kept copying for a client that is gone"
+        for lock in (f.state / "journals").glob("*.lock"):  # no journal held by an orphan
+            fd = os.open(lock, os.O_RDWR)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            finally:
+                os.close(fd)
+        again = f.run_json("--cluster", cluster.address, "--jobs", "4")
+        assert again["accounts_done"] == len(f.pairs)
         f.assert_exactly_once()
     finally:
         cluster.close()

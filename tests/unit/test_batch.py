@@ -6,11 +6,15 @@ from __future__ import annotations
 import csv
 import pickle
 import shutil
-import sqlite3
+import signal
+import threading
+import time
+import uuid
 from pathlib import Path
 
 import pytest
 
+from migrator import batch as batch_module
 from migrator.account import (
     CopyJob,
     RunSettings,
@@ -24,6 +28,7 @@ from migrator.batch import (
     DEFAULT_PER_HOST,
     DONE,
     FAILED,
+    INTERRUPTED,
     NOT_RUN,
     PARTIAL,
     AccountResult,
@@ -34,6 +39,7 @@ from migrator.batch import (
     ManifestError,
     Selection,
     host_limits,
+    journal_copied,
     journal_finished,
     load_manifest,
     next_ready,
@@ -41,11 +47,16 @@ from migrator.batch import (
     report_rows,
     results_json,
     results_table,
+    run_account,
     run_batch,
+    stop_accounts,
     write_report,
 )
+from migrator.checkpoint import Commit, Journal
 from migrator.endpoints import ServerEndpoint
+from migrator.engine import RunSummary
 from migrator.errors import ConfigError
+from migrator.model import MessageRef
 
 SAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sample.mbox"
 
@@ -108,7 +119,7 @@ source-password-env = "BOB_PW"
     assert alice.hosts == ("new.example.org", "old.example.org")
     assert a[1].hosts == ("old.example.org",)
     assert alice.where == "accounts.csv line 2" and a[1].where == "accounts.csv line 4"
-    assert b[1].where == "accounts.toml [[account]] 2"
+    assert b[0].where == "accounts.toml line 2" and b[1].where == "accounts.toml line 13"
     assert len({x.journal for x in a}) == 2 and a[0].fingerprint != a[1].fingerprint
 
 
@@ -135,7 +146,7 @@ def test_a_password_column_is_refused_and_its_value_never_shown(tmp_path):
         "m.toml",
     )
     (line,) = problems(toml)
-    assert line.startswith("m.toml [[account]] 1, column source_password: a secret written")
+    assert line.startswith("m.toml line 5, key source_password: a secret written")
     assert "source_password_env" in line and "hunter2" not in line
 
 
@@ -186,8 +197,75 @@ def test_duplicate_rows_and_names_name_both_rows(tmp_path):
     assert problems(path) == [
         "accounts.csv line 4, columns source and target: duplicate of accounts.csv line 2 "
         "(the same account twice would copy its mail twice)",
-        "accounts.csv line 5, column name: 'b' is already accounts.csv line 3",
+        "accounts.csv line 5, column name: 'b' is already the name of the account at "
+        "accounts.csv line 3",
     ]
+
+
+def test_a_duplicate_name_is_reported_with_every_other_problem_at_once(tmp_path):
+    path = write(
+        tmp_path,
+        "name,source,target,source_password_env,target_password_env,since\n"
+        "u01,imaps://a@h,imaps://a@k,P,P,\n"
+        "u01,imaps://b@h,imaps://b@k,P,P,\n"
+        "u02,imaps://c@h,imaps://c@k,P,P,someday\n"
+        "u02,imaps://d@h,imaps://d@k,P,P,never\n",
+        "dup_names.csv",
+    )
+    assert problems(path) == [
+        "dup_names.csv line 3, column name: 'u01' is already the name of the account at "
+        "dup_names.csv line 2",
+        "dup_names.csv line 4, column since: " + problems_of_since("someday"),
+        "dup_names.csv line 5, column name: 'u02' is already the name of the account at "
+        "dup_names.csv line 4",
+        "dup_names.csv line 5, column since: " + problems_of_since("never"),
+    ]
+
+
+def problems_of_since(value: str) -> str:
+    from migrator.filters import parse_date
+
+    with pytest.raises(ValueError) as info:
+        parse_date(value)
+    return str(info.value)
+
+
+def test_toml_problems_name_the_line_of_their_key(tmp_path):
+    path = write(
+        tmp_path,
+        """# accounts
+[[account]]
+name = "u01"
+source = "imaps://a@h"
+target = "imaps://a@k"
+source_password_env = "P"
+target_password_env = "P"
+
+[[account]]
+name = "u01"
+source = "imaps://b@h"
+target = "nowhere:/x"
+source_password_env = "P"
+target_password_env = "P"
+notes = \"\"\"
+colour = "not a key: inside a string"
+\"\"\"
+max_size = "huge"
+
+[settings]
+x = 1
+""",
+        "m.toml",
+    )
+    found = problems(path)
+    assert [p.split(": ")[0] for p in found] == [
+        "m.toml line 20",  # [settings]
+        "m.toml line 15, key notes",
+        "m.toml line 10, key name",
+        "m.toml line 12, key target",
+        "m.toml line 18, key max_size",
+    ], found
+    assert "already the name of the account at m.toml line 2" in found[2]
 
 
 def test_every_bad_row_is_reported_once_in_order(tmp_path):
@@ -216,8 +294,9 @@ def test_unknown_columns_and_empty_manifests(tmp_path):
     assert line == "accounts.csv: no accounts in the manifest"
     (line,) = problems(write(tmp_path, ""))
     assert "empty manifest" in line
-    (line,) = problems(write(tmp_path, "[[account]\n", "x.toml"))
-    assert line.startswith("x.toml: not valid TOML")
+    (line,) = problems(write(tmp_path, 'source = "x"\n[[account]\n', "x.toml"))
+    assert line.startswith("x.toml line 2, column 10: not valid TOML (")
+    assert "(at line" not in line
 
 
 def test_local_runs_check_variables_and_files_here(tmp_path):
@@ -386,12 +465,11 @@ def _result(account, status, **kw) -> AccountResult:
 
 
 def _finish_journal(path: Path, status: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(path)
-    db.execute("CREATE TABLE IF NOT EXISTS runs (id INTEGER PRIMARY KEY, status TEXT)")
-    db.execute("INSERT INTO runs(status) VALUES (?)", (status,))
-    db.commit()
-    db.close()
+    journal = Journal.open(path)
+    try:
+        journal.finish_run(journal.start_run("s", "t"), status, 0, 0, 0, 0)
+    finally:
+        journal.close()
 
 
 def test_the_plan_skips_finished_accounts_and_waits_for_retry_failed(tmp_path):
@@ -508,10 +586,176 @@ def test_a_batch_of_archives_runs_resumes_and_reports(tmp_path):
     table = results_table(fixed)
     assert "user0.mbox" in table and "done before" in table and "6/6 done" in table
     data = results_json(fixed)
-    assert data["done"] == 6 and data["accounts"][-1]["copied"] == 12
+    assert data["accounts_done"] == 6 and data["accounts"][-1]["copied"] == 12
     write_report(tmp_path / "report.csv", fixed)
     with open(tmp_path / "report.csv", newline="") as fh:
         rows_out = list(csv.reader(fh))
     assert rows_out == list(report_rows(fixed))
     assert rows_out[0][:4] == ["name", "source", "target", "status"] and len(rows_out) == 7
     assert rows_out[1][3:5] == ["done", "no"]
+
+
+# -- stopping: in the threads where Dask runs accounts ------------------------------------------
+
+
+class SlowAccounts:
+    """Stands in for run_job: each account copies until told to stop (or 30 s), as the engine
+    does, and says when it started and when it saw the stop."""
+
+    def __init__(self) -> None:
+        self.started: list[str] = []
+        self.stopped: list[str] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, job, settings, state_path, reporter, stop):
+        with self.lock:
+            self.started.append(job.source)
+        interrupted = stop.wait(30)
+        with self.lock:
+            if interrupted:
+                self.stopped.append(job.source)
+        return RunSummary(folders=[], seconds=0.0, interrupted=interrupted)
+
+    def wait(self, what: str, n: int, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while len(getattr(self, what)) < n:
+            assert time.monotonic() < deadline, f"{what}: {getattr(self, what)}"
+            time.sleep(0.02)
+
+
+def _task(tmp_path: Path, n: int, topic: str) -> AccountTask:
+    job = CopyJob(source=f"mbox:{tmp_path}/u{n}.mbox", target=f"maildir:{tmp_path}/out/u{n}")
+    return AccountTask(
+        name=f"u{n}",
+        source=job.source,
+        target=job.target,
+        job=job,
+        settings=RunSettings(),
+        journal=str(tmp_path / "journals" / f"u{n}.sqlite"),
+        topic=topic,
+        lock_wait=5,
+    )
+
+
+@pytest.fixture
+def local_dask():
+    distributed = pytest.importorskip("distributed")
+    cluster = distributed.LocalCluster(
+        n_workers=1, threads_per_worker=3, processes=False, dashboard_address=None
+    )
+    client = distributed.Client(cluster, set_as_default=False)
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()
+
+
+def test_stop_accounts_reaches_accounts_running_in_dask_worker_threads(
+    tmp_path, monkeypatch, local_dask
+):
+    fake = SlowAccounts()
+    monkeypatch.setattr(batch_module, "run_job", fake)
+    topic = f"test-{uuid.uuid4().hex}"
+    futures = [local_dask.submit(run_account, _task(tmp_path, n, topic)) for n in range(2)]
+    fake.wait("started", 2)
+    started = time.monotonic()
+    assert stop_accounts(topic) == 2
+    results = [f.result(timeout=10) for f in futures]
+    assert time.monotonic() - started < 5
+    assert [r.status for r in results] == [INTERRUPTED, INTERRUPTED]
+    assert len(fake.stopped) == 2
+    # an account of a stopped batch that starts only now does not copy at all
+    late = local_dask.submit(run_account, _task(tmp_path, 3, topic)).result(timeout=10)
+    assert late.status == NOT_RUN and late.error is None and len(fake.started) == 2
+
+
+def test_an_account_nobody_waits_for_any_more_stops_by_itself(tmp_path, monkeypatch, local_dask):
+    """The client cancelled it, or left (the scheduler then releases its tasks): the account
+    commits and ends rather than copying on for nobody."""
+    fake = SlowAccounts()
+    monkeypatch.setattr(batch_module, "run_job", fake)
+    future = local_dask.submit(run_account, _task(tmp_path, 0, f"test-{uuid.uuid4().hex}"))
+    fake.wait("started", 1)
+    future.cancel()
+    fake.wait("stopped", 1, timeout=5)
+
+
+def test_ctrl_c_stops_a_local_batch_within_seconds(tmp_path, monkeypatch):
+    fake = SlowAccounts()
+    monkeypatch.setattr(batch_module, "run_job", fake)
+    rows = [(f"mbox:{tmp_path}/u{n}.mbox", f"maildir:{tmp_path}/out/u{n}") for n in range(5)]
+    m = manifest_of(tmp_path, rows)
+    main = threading.main_thread().ident
+    assert main is not None
+
+    def interrupt() -> None:
+        fake.wait("started", 3)
+        signal.pthread_kill(main, signal.SIGINT)
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    started = time.monotonic()
+    result = run_batch(m, BatchSettings(state_dir=tmp_path / "state", jobs=3), Recorder())
+    assert time.monotonic() - started < 15
+    assert result.interrupted and sorted(fake.stopped) == sorted(fake.started)
+    statuses = [a.status for a in result.accounts]
+    assert statuses == [INTERRUPTED] * 3 + [NOT_RUN] * 2
+    assert not any(a.error for a in result.accounts)  # none abandoned
+
+
+# -- what an account copied, by its journal -----------------------------------------------------
+
+
+def _refs(n: int, start: int = 0) -> list[MessageRef]:
+    return [MessageRef(id=str(i), size=100 + i, key=f"k{i}") for i in range(start, start + n)]
+
+
+def test_copied_counts_every_attempt_and_the_appends_a_dead_worker_left_in_doubt(tmp_path):
+    path = tmp_path / "j.sqlite"
+    src, dst = ("INBOX",), ("INBOX",)
+    journal = Journal.open(path)
+    journal.begin(src, "1", dst, _refs(3))  # an earlier run: copied 3 before this batch
+    journal.record(Commit(src, "1", dst, [(r, None) for r in _refs(3)], []))
+    journal.begin(src, "1", dst, _refs(2, 3))  # ... and left 2 in doubt, already in the target
+    journal.close()
+    time.sleep(0.01)
+
+    journal = Journal.open(path)  # attempt 1 of batch run "b1"
+    journal.begin_attempt("b1")
+    journal.begin(src, "1", dst, _refs(4, 5))
+    journal.record(Commit(src, "1", dst, [(r, None) for r in _refs(4, 5)], []))
+    journal.begin(src, "1", dst, _refs(3, 9))  # its worker dies with these in flight
+    journal.close()
+
+    journal = Journal.open(path)  # attempt 2, on another worker
+    journal.begin_attempt("b1")
+    # the target holds what was in doubt except message 11: found, and 11 copied again
+    journal.reconcile(src, "1", dst, _refs(2, 3) + _refs(2, 9))
+    journal.record(Commit(src, "1", dst, [(r, None) for r in _refs(1, 11)], []))
+    journal.close()
+
+    peek = Journal.peek(path)
+    assert peek is not None
+    try:
+        count, nbytes = peek.copied_in("b1") or (0, 0)
+        # 2 + 4 + 2 + 1: what reached the target during "b1", whoever put it there
+        assert count == 9
+        assert nbytes == sum(r.size for r in _refs(2, 3) + _refs(4, 5) + _refs(3, 9))
+        assert peek.copied_in("another run") is None
+    finally:
+        peek.close()
+    assert journal_copied(path, "b1") == (count, nbytes)
+    assert journal_copied(tmp_path / "none.sqlite", "b1") is None
+
+
+def test_counts_in_words_take_the_right_plural(capsys):
+    from migrator.batch import Plan, plural
+    from migrator.cli import BatchLines
+
+    assert plural(1, "account") == "1 account" and plural(0, "account") == "0 accounts"
+    kept = AccountResult("k", "s", "t", DONE, ran=False)
+    BatchLines().planned(Plan(run=[], kept={"k": kept}), 1)
+    BatchLines().planned(Plan(run=[], kept={"k": kept, "l": kept}), 2)
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("migrator: 1 account to run; 1 left as it was (")
+    assert err[1].startswith("migrator: 2 accounts to run; 2 left as they were (")
