@@ -33,14 +33,21 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import deps
 from benchmarks.corpus import Corpus, CorpusSpec
-from benchmarks.run import PASSWORD, install_corpus, load_corpus, target_counts, timed
+from benchmarks.run import (
+    PASSWORD,
+    install_corpus,
+    load_corpus,
+    start_servers,
+    target_counts,
+    timed,
+)
 from benchmarks.verify import Compare, verify_imap
 
 if TYPE_CHECKING:
@@ -247,21 +254,14 @@ def main(argv: list[str]) -> int:
         return 2
     import distributed  # noqa: F401  (migrator batch needs it: pip install 'mailbox-migrator[batch]')
 
-    from tests.dovecot import DovecotServer, make_ca
-
     corpus = load_corpus(CorpusSpec(args.messages, args.seed), args)
     workdir = args.cache_dir / f"batch-{os.getpid()}"
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
-    servers = []
+    servers: list[Any] = []
     results: list[Result] = []
     try:
-        tls = make_ca(workdir / "tls")
-        src = DovecotServer(workdir / "src", separator="/", tls=tls, mail_fsync="optimized")
-        dst = DovecotServer(workdir / "dst", separator=".", tls=tls, mail_fsync="optimized")
-        servers += [src, dst]
-        src.start()
-        dst.start()
+        src, dst, tls = start_servers(workdir, servers)
         sources = [f"src{i:02d}" for i in range(args.accounts)]
         t0 = time.monotonic()
         for user in sources:

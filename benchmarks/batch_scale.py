@@ -45,7 +45,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import deps
-from benchmarks.run import PASSWORD, install_corpus, target_counts, timed
+from benchmarks.run import PASSWORD, install_corpus, start_servers, target_counts, timed
 
 if TYPE_CHECKING:
     from tests.dovecot import DovecotServer
@@ -459,8 +459,6 @@ def main(argv: list[str]) -> int:
         return 2
     import distributed  # noqa: F401  (migrator batch needs it: pip install 'migrator[batch]')
 
-    from tests.dovecot import DovecotServer, make_ca
-
     workdir = args.cache_dir / f"batch-scale-{os.getpid()}"
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
@@ -468,12 +466,7 @@ def main(argv: list[str]) -> int:
     servers: list[DovecotServer] = []
     runs: list[Run] = []
     try:
-        tls = make_ca(workdir / "tls")
-        src = DovecotServer(workdir / "src", separator="/", tls=tls, mail_fsync="optimized")
-        dst = DovecotServer(workdir / "dst", separator=".", tls=tls, mail_fsync="optimized")
-        servers += [src, dst]
-        src.start()
-        dst.start()
+        src, dst, tls = start_servers(workdir, servers)
         sources = [f"src{i:04d}" for i in range(max(args.sizes))]
         t0 = time.monotonic()
         for user in sources:

@@ -43,7 +43,16 @@ from benchmarks.peers import (
     _migrator,
     job_env,
 )
-from benchmarks.run import BENCH, PASSWORD, git_rev, install_corpus, load_corpus, say, timed
+from benchmarks.run import (
+    BENCH,
+    PASSWORD,
+    git_rev,
+    install_corpus,
+    load_corpus,
+    say,
+    start_servers,
+    timed,
+)
 
 RESULTS = BENCH / "results"
 #: The change set, as fractions of the messages.
@@ -139,7 +148,7 @@ def contents(setup: Setup, port: int, user: str, separator: str) -> dict[str, Co
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    from tests.dovecot import DovecotServer, make_ca
+    from tests.dovecot import DovecotServer
 
     started_at = datetime.now(UTC)
     started_load = os.getloadavg()[0]
@@ -150,12 +159,7 @@ def main(argv: list[str]) -> int:
     servers: list[DovecotServer] = []
     figures: dict[str, Any] = {}
     try:
-        tls = make_ca(workdir / "tls")
-        src = DovecotServer(workdir / "src", separator="/", tls=tls, mail_fsync="optimized")
-        dst = DovecotServer(workdir / "dst", separator=".", tls=tls, mail_fsync="optimized")
-        servers += [src, dst]
-        src.start()
-        dst.start()
+        src, dst, tls = start_servers(workdir, servers)
         setup = Setup(src, dst, tls.ca_file, PASSWORD, args.imapsync, None)
         install_corpus(src, setup.src_user, corpus)
         migrator_peer = Peer("migrator", "migrator", (), _migrator(_imap_source, _imap_target))

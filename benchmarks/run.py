@@ -139,6 +139,21 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
             continue
 
 
+def start_servers(workdir: Path, servers: list[Any]) -> tuple[Any, Any, Any]:
+    """The benchmarks' two Dovecots on loopback (source separator '/', target '.', each syncing
+    to disk as a real server does) and their CA; each is added to ``servers`` before it starts,
+    so the caller's cleanup stops whatever did start."""
+    from tests.dovecot import DovecotServer, make_ca
+
+    tls = make_ca(workdir / "tls")
+    src = DovecotServer(workdir / "src", separator="/", tls=tls, mail_fsync="optimized")
+    dst = DovecotServer(workdir / "dst", separator=".", tls=tls, mail_fsync="optimized")
+    servers += [src, dst]
+    src.start()
+    dst.start()
+    return src, dst, tls
+
+
 def timed(
     argv: list[str], env: dict[str, str], log: Path, timeout: float
 ) -> tuple[float, int | None, int | None, bool]:
@@ -414,7 +429,7 @@ def main(argv: list[str]) -> int:
     if args.profile is not None and shutil.which("py-spy") is None:
         say(f"--profile needs py-spy: {sys.executable} -m pip install py-spy")
         return 2
-    from tests.dovecot import DovecotServer, make_ca
+    from tests.dovecot import DovecotServer
 
     main_corpus = load_corpus(CorpusSpec(args.messages, args.seed), args)
     pop_corpus = None
@@ -430,12 +445,7 @@ def main(argv: list[str]) -> int:
     help_s: float | None = None
     interrupted: str | None = None
     try:
-        tls = make_ca(workdir / "tls")
-        src = DovecotServer(workdir / "src", separator="/", tls=tls, mail_fsync="optimized")
-        dst = DovecotServer(workdir / "dst", separator=".", tls=tls, mail_fsync="optimized")
-        servers += [src, dst]
-        src.start()
-        dst.start()
+        src, dst, tls = start_servers(workdir, servers)
         setup = Setup(src, dst, tls.ca_file, PASSWORD, args.imapsync, args.workers)
         t0 = time.monotonic()
         install_corpus(src, setup.src_user, main_corpus)
