@@ -17,6 +17,17 @@ def test_version():
     assert result.exit_code == 0 and __version__ in result.output
 
 
+def run_copy(args, tmp_path):
+    """`migrator copy ARGS` in a process of its own, with its journal under ``tmp_path``."""
+    return subprocess.run(
+        [sys.executable, "-m", "migrator", "copy", *args, "--state", str(tmp_path / "j")],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+    )
+
+
 @pytest.mark.parametrize(
     "args, needle",
     [
@@ -29,13 +40,7 @@ def test_version():
     ],
 )
 def test_usage_errors_exit_2_with_one_line(args, needle, tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "migrator", "copy", *args, "--state", str(tmp_path / "j")],
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=60,
-    )
+    result = run_copy(args, tmp_path)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], result.stderr

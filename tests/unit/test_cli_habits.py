@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from migrator import __version__
 from migrator.cli import app
 from tests.integration.jobs import run_in_pty
+from tests.unit.test_cli import run_copy
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "examples" / "sample.mbox"
@@ -73,23 +74,7 @@ def test_a_command_nothing_resembles_gets_no_guess() -> None:
     ],
 )
 def test_a_mistyped_endpoint_names_the_schemes(endpoint: str, needle: str, tmp_path: Path) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "migrator",
-            "copy",
-            endpoint,
-            f"maildir:{tmp_path}/t",
-            "--state",
-            str(tmp_path / "j"),
-        ],
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=60,
-        cwd=REPO,
-    )
+    result = run_copy([endpoint, f"maildir:{tmp_path}/t"], tmp_path)
     assert result.returncode == 2
     [line] = result.stderr.strip().splitlines()
     assert needle in line
