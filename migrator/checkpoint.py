@@ -243,7 +243,6 @@ class Journal:
             db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             if (foreign := _foreign_tables(db)) is not None:
                 db.close()
-                os.close(lock_fd)
                 raise JournalError(
                     f"{path} is an SQLite database but not a migrator journal (it holds "
                     f"{foreign}); nothing was written to it: choose another file with --state"
@@ -256,6 +255,9 @@ class Journal:
         except sqlite3.Error as exc:
             os.close(lock_fd)
             raise JournalError(f"cannot use the journal {path}: {exc}") from None
+        except JournalError:
+            os.close(lock_fd)
+            raise
         return journal
 
     @classmethod
@@ -285,18 +287,13 @@ class Journal:
         if row is not None and int(row[0]) == SCHEMA_VERSION:
             return
         # One transaction: a crash in the middle leaves the journal as it was.
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._tx() as db:
             if row is not None and int(row[0]) < 2:
                 self._to_version_2()
-            self._db.execute(
+            db.execute(
                 "INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)",
                 (str(SCHEMA_VERSION),),
             )
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
 
     def _to_version_2(self) -> None:
         """Version 1 kept no folder mapping: each source folder keeps the target folder that holds
