@@ -19,6 +19,10 @@ from migrator.errors import JournalError
 
 #: Beside the journal ``PATH``, the file ``PATH.lock`` whose flock keeps a second run off it.
 LOCK_SUFFIX = ".lock"
+#: The journal and its lock file are the user's alone (they name accounts and folders), and so
+#: is the directory they are created in.
+_FILE_MODE = 0o600
+_DIR_MODE = 0o700
 #: How often wait_unlocked() tries the lock again, in seconds: short beside the time a stopping
 #: run takes to commit its last batch.
 _LOCK_POLL = 0.2
@@ -33,13 +37,19 @@ def lock_path(path: Path) -> str:
     return f"{path}{LOCK_SUFFIX}"
 
 
+def _open_lock_file(path: Path) -> int:
+    """The journal's lock file, opened (created, with its directory, where missing)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=_DIR_MODE)
+    return os.open(lock_path(path), os.O_CREAT | os.O_RDWR, _FILE_MODE)
+
+
 def _lock(path: Path) -> int:
     """The journal's lock file, opened (created 0600, with the journal and its directory) and
     locked: a second run of the job is refused."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
-        lock_fd = os.open(lock_path(path), os.O_CREAT | os.O_RDWR, 0o600)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=_DIR_MODE)
+        os.close(os.open(path, os.O_CREAT | os.O_RDWR, _FILE_MODE))
+        lock_fd = _open_lock_file(path)
     except OSError as exc:
         verb = "open" if path.exists() else "create"
         raise JournalError(
@@ -170,10 +180,9 @@ class Journal(ConvergenceState, CopyLedger, RunHistory):
         """Wait until no process holds the journal's lock (a run that was told to stop and is
         committing its last batch), for at most ``timeout`` seconds or until ``stop``; open()
         then says if it is still held."""
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         deadline = time.monotonic() + timeout
         while True:
-            fd = os.open(lock_path(path), os.O_CREAT | os.O_RDWR, 0o600)
+            fd = _open_lock_file(path)
             try:
                 free = _try_lock(fd)  # closing the file lets go of the lock again
             finally:

@@ -72,6 +72,9 @@ CREATE TABLE IF NOT EXISTS runs (
 #: have been cut off before its schema version was written.
 _OWN_TABLES = frozenset(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", _SCHEMA))
 
+#: How many of a foreign database's tables the refusal names.
+_TABLES_SHOWN = 3
+
 #: The columns version 2 added to the tables of version 1.
 _VERSION_2_COLUMNS = (
     ("messages", "flags TEXT"),
@@ -98,7 +101,8 @@ def foreign_tables(db: sqlite3.Connection) -> str | None:
             ours = None
         if ours is not None:
             return None
-    shown = ", ".join(tables[:3]) + (f" and {len(tables) - 3} more" if len(tables) > 3 else "")
+    more = len(tables) - _TABLES_SHOWN
+    shown = ", ".join(tables[:_TABLES_SHOWN]) + (f" and {more} more" if more > 0 else "")
     return f"the tables {shown}"
 
 
