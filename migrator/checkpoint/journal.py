@@ -44,8 +44,8 @@ def _open_lock_file(path: Path) -> int:
 
 
 def _lock(path: Path) -> int:
-    """The journal's lock file, opened (created 0600, with the journal and its directory) and
-    locked: a second run of the job is refused."""
+    """Create the journal where missing (0600, with its directory) and take its lock, held
+    through the returned descriptor: a second run of the job is refused."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=_DIR_MODE)
         os.close(os.open(path, os.O_CREAT | os.O_RDWR, _FILE_MODE))
