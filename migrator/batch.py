@@ -794,27 +794,15 @@ class Ledger:
 
 def journal_finished(path: Path) -> bool:
     """True when the account's journal says its last run completed (status 'done')."""
-    journal = Journal.peek(path)
-    if journal is None:
-        return False
-    try:
-        return journal.last_run_done()
-    finally:
-        journal.close()
+    summary = Journal.summary(path)
+    return summary is not None and summary.finished
 
 
 def journal_copied(path: Path, batch: str) -> tuple[int, int] | None:
     """(messages, bytes) that reached the account's target during batch run ``batch``, by its
     journal (see Journal.copied_in); None when that run never began to copy it."""
-    journal = Journal.peek(path)
-    if journal is None:
-        return None
-    try:
-        return journal.copied_in(batch)
-    except (sqlite3.Error, ValueError, KeyError, TypeError):
-        return None
-    finally:
-        journal.close()
+    summary = Journal.summary(path, batch)
+    return None if summary is None else summary.copied
 
 
 # -- results -------------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ def test_engine_and_core_never_name_a_concrete_store_or_print():
     for name in (
         "engine.py",
         "converge.py",
-        "checkpoint.py",
+        *(f"checkpoint/{p.name}" for p in (PACKAGE / "checkpoint").glob("*.py")),
         "folders.py",
         "filters.py",
         "model.py",
