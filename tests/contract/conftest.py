@@ -2,13 +2,15 @@
 
 memory, mbox and maildir need nothing; the servers are the integration tests' session fixtures
 (tests/integration/conftest.py, imported below), started once and only when a test of theirs
-runs: IMAP on Dovecot, POP3 on Dovecot (a source only) and IMAP on Cyrus, which is skipped with
-the reason when Cyrus is not installed (``bash tests/run.sh`` installs it). Each test gets new
-users and new directories, so the tests are independent of one another.
+runs: IMAP on each server of the server matrix (two Dovecots, two Cyrus namespaces) and POP3 on
+Dovecot (a source only). Cyrus is skipped, with the reason, when it is not installed (``bash
+tests/run.sh`` installs it). Each test gets new users and new directories, so the tests are
+independent of one another. A new store or server is one more entry in KINDS.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,7 +28,9 @@ from tests.contract.kinds import (
 from tests.cyrus import CyrusUnavailable, check_cyrus
 from tests.integration.conftest import (  # noqa: F401  (fixtures, shared with the integration tests)
     account,
+    cyrus_alt,
     cyrus_standard,
+    dovecot_prefixed,
     dovecot_root,
     dovecot_target,
     tls_files,
@@ -45,9 +49,18 @@ def _maildir(request: pytest.FixtureRequest, tmp: Path) -> StoreKind:
     return MaildirKind(tmp)
 
 
-def _imap_dovecot(request: pytest.FixtureRequest, tmp: Path) -> StoreKind:
-    server = request.getfixturevalue("dovecot_target")
-    return ImapKind("imap-dovecot", server, request.getfixturevalue("account"))
+def _imap(fixture: str) -> Callable[[pytest.FixtureRequest, Path], StoreKind]:
+    """IMAP on the session's server ``fixture`` (tests/integration/conftest.py)."""
+
+    def make(request: pytest.FixtureRequest, tmp: Path) -> StoreKind:
+        if fixture.startswith("cyrus"):
+            reason = _cyrus_missing()
+            if reason is not None:
+                pytest.skip(f"IMAP on Cyrus: {reason}")
+        server = request.getfixturevalue(fixture)
+        return ImapKind(f"IMAP on {fixture}", server, request.getfixturevalue("account"))
+
+    return make
 
 
 def _pop3_dovecot(request: pytest.FixtureRequest, tmp: Path) -> StoreKind:
@@ -55,16 +68,14 @@ def _pop3_dovecot(request: pytest.FixtureRequest, tmp: Path) -> StoreKind:
     return Pop3Kind("pop3-dovecot", server, request.getfixturevalue("account"))
 
 
-def _imap_cyrus(request: pytest.FixtureRequest, tmp: Path) -> StoreKind:
-    reason = None
+@functools.cache
+def _cyrus_missing() -> str | None:
+    """Why Cyrus cannot run here (asked once a session), or None."""
     try:
         check_cyrus()
     except CyrusUnavailable as exc:
-        reason = str(exc)
-    if reason is not None:
-        pytest.skip(f"IMAP on Cyrus: {reason}")
-    server = request.getfixturevalue("cyrus_standard")
-    return ImapKind("imap-cyrus", server, request.getfixturevalue("account"))
+        return str(exc)
+    return None
 
 
 #: Every kind of store by name: its class (what it promises) and how to make it.
@@ -72,9 +83,13 @@ KINDS: dict[str, tuple[type[StoreKind], Callable[[pytest.FixtureRequest, Path], 
     "memory": (MemoryKind, _memory),
     "mbox": (MboxKind, _mbox),
     "maildir": (MaildirKind, _maildir),
-    "imap-dovecot": (ImapKind, _imap_dovecot),
+    # The server matrix: Dovecot without a namespace prefix ('.') and with "INBOX." ('.'),
+    # Cyrus with altnamespace no ("INBOX." and '.') and yes ('' and '/').
+    "imap-dovecot": (ImapKind, _imap("dovecot_target")),
+    "imap-dovecot-prefixed": (ImapKind, _imap("dovecot_prefixed")),
+    "imap-cyrus": (ImapKind, _imap("cyrus_standard")),
+    "imap-cyrus-alt": (ImapKind, _imap("cyrus_alt")),
     "pop3-dovecot": (Pop3Kind, _pop3_dovecot),
-    "imap-cyrus": (ImapKind, _imap_cyrus),
 }
 #: The fixtures a promise asks for, and which kinds of store each runs over.
 ROLES: dict[str, Callable[[type[StoreKind]], bool]] = {
