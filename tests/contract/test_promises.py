@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from migrator.checkpoint import Journal
-from migrator.engine import CopyOptions, Engine, RunSummary
+from migrator.account import run_copy
+from migrator.engine import CopyOptions, RunSummary
 from migrator.model import INBOX, FolderPath, MessageRef, crlf_size, message_key
 from migrator.stores.base import Source, Target
 from tests.contract.kinds import Box, Store, StoreKind, path_of, ref_of
@@ -99,9 +99,9 @@ def copy(
     crash_after_appends: int | None = None,
     delete_source: bool = False,
 ) -> RunSummary:
-    """One run of the engine, as `migrator copy` makes it (batches of two messages); with
-    ``crash_after_appends`` the process "dies" (an exception no handler catches) right after that
-    many appends landed, before the journal hears of them."""
+    """One run of the engine in its journal, as `migrator copy` makes it (batches of two
+    messages); with ``crash_after_appends`` the process "dies" (an exception no handler catches)
+    right after that many appends landed, before the journal hears of them."""
 
     def open_target() -> Store:
         store = target.open("target")
@@ -120,11 +120,9 @@ def copy(
         return store
 
     options = CopyOptions(batch_count=2, retry_delay=0.0, delete_source=delete_source)
-    journal = Journal.open(journal_path)
-    try:
-        return Engine(lambda: source.open("source"), open_target, journal, options).run()
-    finally:
-        journal.close()
+    return run_copy(
+        lambda: source.open("source"), open_target, "source", "target", journal_path, options
+    )
 
 
 def memory_box(msgs: Iterable[Msg] = ()) -> Box:
