@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import ssl
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -112,8 +114,8 @@ class StoreKind:
 
     def tear(self, box: Box, folder: FolderPath, msgs: Sequence[Msg]) -> None:
         """Leave behind what a writer killed half-way through appending ``msgs`` leaves. Nothing
-        for a store whose appends land whole or not at all (a server drops a cut APPEND): the
-        engine's own crash (journal rows pending, the batch already in the store) is its tear."""
+        for the memory store, which has no half-way: the engine's own crash (journal rows
+        pending, the batch already in the store), which every kind goes through, is its tear."""
 
     def leftovers(self, box: Box) -> list[str]:
         """Files a torn write leaves that recovery must clear (none for a server)."""
@@ -181,7 +183,8 @@ class MboxKind(ArchiveKind):
     def tear(self, box: Box, folder: FolderPath, msgs: Sequence[Msg]) -> None:
         assert box.where is not None
         before = sum(f.stat().st_size for f in box.where.rglob("*.mbox"))
-        die_mid_write(box, folder, msgs, lambda p: p.suffix == ".mbox" and p.name[0] != ".")
+        mbox_file = cut_file_writes(lambda p: p.suffix == ".mbox" and p.name[0] != ".")
+        die_mid_append(box, folder, msgs, mbox_file)
         after = sum(f.stat().st_size for f in box.where.rglob("*.mbox"))
         assert after > before, "the killed writer wrote nothing"
 
@@ -197,7 +200,7 @@ class MaildirKind(ArchiveKind):
     crlf = False
 
     def tear(self, box: Box, folder: FolderPath, msgs: Sequence[Msg]) -> None:
-        die_mid_write(box, folder, msgs, lambda p: p.parent.name == "tmp")
+        die_mid_append(box, folder, msgs, cut_file_writes(lambda p: p.parent.name == "tmp"))
         assert self.leftovers(box), "the killed writer left nothing in tmp/"
 
     def leftovers(self, box: Box) -> list[str]:
@@ -205,33 +208,16 @@ class MaildirKind(ArchiveKind):
         return sorted(str(p) for p in box.where.rglob("tmp/*"))
 
 
-def die_mid_write(
-    box: Box, folder: FolderPath, msgs: Sequence[Msg], mail_file: Callable[[Path], bool]
+def die_mid_append(
+    box: Box, folder: FolderPath, msgs: Sequence[Msg], cut: Callable[[Sequence[Msg]], None]
 ) -> None:
-    """Fork a writer that appends ``msgs`` and is SIGKILLed (no cleanup, like a power cut) in
-    the middle of its first write of message bytes to a file ``mail_file`` accepts."""
+    """Fork a writer that appends ``msgs`` and is SIGKILLed (no cleanup, like a power cut) half
+    way through sending their bytes: ``cut`` arms that in the child (cut_file_writes,
+    cut_socket_sends)."""
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         try:
-            real_write, real_writev = os.write, os.writev
-
-            def torn(fd: int) -> bool:
-                return mail_file(Path(os.readlink(f"/proc/self/fd/{fd}")))
-
-            def write(fd: int, data: Any) -> int:
-                if torn(fd):
-                    real_write(fd, bytes(data)[: max(1, len(data) // 2)])
-                    os.kill(os.getpid(), signal.SIGKILL)
-                return real_write(fd, data)
-
-            def writev(fd: int, parts: Any) -> int:
-                if torn(fd):
-                    joined = b"".join(bytes(p) for p in parts)
-                    real_write(fd, joined[: max(1, len(joined) // 2)])
-                    os.kill(os.getpid(), signal.SIGKILL)
-                return real_writev(fd, parts)
-
-            os.write, os.writev = write, writev
+            cut(msgs)
             store = box.open("target")
             store.connect()
             store.ensure_folder(folder)
@@ -239,7 +225,54 @@ def die_mid_write(
         finally:
             os._exit(3)  # the append finished: no tear (the parent's assertion says so)
     _, status = os.waitpid(pid, 0)
-    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, status
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, (
+        f"the writer was not killed mid-append (status {status}): does the store still write "
+        "through os.write/os.writev (files) or sendall (sockets)? see tests/contract/kinds.py"
+    )
+
+
+def _die_after_half(send: Callable[[Any, bytes], Any], sink: Any, data: bytes) -> None:
+    send(sink, data[: max(1, len(data) // 2)])
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def cut_file_writes(mail_file: Callable[[Path], bool]) -> Callable[[Sequence[Msg]], None]:
+    """Die at the first write to a file ``mail_file`` accepts, half of it written."""
+
+    def arm(msgs: Sequence[Msg]) -> None:
+        real_write, real_writev = os.write, os.writev
+
+        def torn(fd: int) -> bool:
+            return mail_file(Path(os.readlink(f"/proc/self/fd/{fd}")))
+
+        def write(fd: int, data: Any) -> int:
+            if torn(fd):
+                _die_after_half(real_write, fd, bytes(data))
+            return real_write(fd, data)
+
+        def writev(fd: int, parts: Any) -> int:
+            if torn(fd):
+                _die_after_half(real_write, fd, b"".join(bytes(p) for p in parts))
+            return real_writev(fd, parts)
+
+        os.write, os.writev = write, writev
+
+    return arm
+
+
+def cut_socket_sends(msgs: Sequence[Msg]) -> None:
+    """Die at the first send that carries the first message's first line, half of it sent: the
+    server sees the connection drop in the middle of the message."""
+    marker = msgs[0].data.split(b"\r\n", 1)[0]
+    for cls in (ssl.SSLSocket, socket.socket):
+        real = cls.sendall
+
+        def sendall(sock: Any, data: Any, *args: Any, real: Any = real) -> Any:
+            if marker in bytes(data):
+                _die_after_half(real, sock, bytes(data))
+            return real(sock, data, *args)
+
+        cls.sendall = sendall  # type: ignore[method-assign]
 
 
 class ServerKind(StoreKind):
@@ -275,6 +308,10 @@ class ServerKind(StoreKind):
 
 class ImapKind(ServerKind):
     """IMAP (ImapStore) on Dovecot or Cyrus."""
+
+    def tear(self, box: Box, folder: FolderPath, msgs: Sequence[Msg]) -> None:
+        """An APPEND cut off in the middle of a message: the server must keep none of it."""
+        die_mid_append(box, folder, msgs, cut_socket_sends)
 
 
 class Pop3Kind(ServerKind):

@@ -5,7 +5,9 @@
 3. append: appended messages come back with flags and INTERNALDATE; each append is answered;
 4. resume point: what a target reports (identity keys, present ids, its resume point) recognises
    what it holds, so that a second copy adds nothing;
-5. recover after a torn write: after a writer died half-way, the store is readable and a copy
+5. recover after a torn write: after the engine died between an append and its journal commit,
+   and then a writer died half-way through an append (a cut mbox tail, a half file in a
+   Maildir's tmp/, an IMAP APPEND cut off mid-message), the store is readable and a copy
    completes exactly once;
 6. delete: deleting source messages removes exactly those, and nothing else.
 
