@@ -51,6 +51,8 @@ def header_date(data: bytes) -> datetime:
 
 
 def to_lf(data: bytes) -> bytes:
+    """LF line ends, as the archives serve a message (written here, not taken from the stores'
+    own helpers, so that what a store must give back is not computed by the store's code)."""
     return data.replace(b"\r\n", b"\n")
 
 
