@@ -856,9 +856,9 @@ def check(
         if json_output:
             typer.echo(json.dumps(dict(facts), ensure_ascii=False))
         else:
-            width = max(len(k) for k, _ in facts)
-            for key, value in facts:
-                typer.echo(f"{key.ljust(width)}  {value}")
+            from migrator.ui.report import facts_text
+
+            typer.echo(facts_text(facts))
 
 
 # -- profiles --------------------------------------------------------------------------------
@@ -883,34 +883,13 @@ def profiles_list(json_output: JsonOpt = False, debug: DebugOpt = False) -> None
     """
     with _errors(debug):
         from migrator.account import profile_catalog
+        from migrator.ui.report import profiles_json, profiles_text
 
         catalog = profile_catalog()
-        profiles = catalog.all()
-        user_dir = catalog.directories[-1]
         if json_output:
-            data = {
-                "profiles": [
-                    {"name": p.name, "description": p.description, "from": catalog.origin(p.name)}
-                    for p in profiles
-                ],
-                "user_directory": str(user_dir),
-            }
-            typer.echo(json.dumps(data, ensure_ascii=False))
-            return
-        width = max(len(p.name) for p in profiles) if profiles else 7
-        for p in profiles:
-            origin = catalog.origin(p.name)
-            mark = "" if origin == "shipped" else f" [{origin}]"
-            typer.echo(f"{p.name.ljust(width)}  {p.description}{mark}")
-        typer.echo(f"your own profiles: {user_dir}")
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return str(value)
-    return json.dumps(value, ensure_ascii=False)
+            typer.echo(json.dumps(profiles_json(catalog), ensure_ascii=False))
+        else:
+            typer.echo(profiles_text(catalog))
 
 
 @profiles_app.command("show")
@@ -929,27 +908,14 @@ def profiles_show(
     """
     with _errors(debug):
         from migrator.account import profile_catalog
+        from migrator.ui.report import profile_json, profile_text
 
         catalog = profile_catalog()
         profile = catalog.get(name)
-        shipped = catalog.directories[0]
         if json_output:
-            settings = [
-                {"key": s.key, "value": s.value, "source": s.source, "note": s.note}
-                for s in profile.settings
-            ]
-            data = {"name": profile.name, "from": catalog.origin(profile.name)}
-            typer.echo(json.dumps({**data, "settings": settings}, ensure_ascii=False))
-            return
-        typer.echo(f"profile {profile.name}: {profile.description}")
-        for path in profile.files:
-            kind = "shipped" if path.parent == shipped else "yours"
-            typer.echo(f"  {kind}: {path}")
-        for setting in profile.settings:
-            kind = "shipped" if Path(setting.source).parent == shipped else "yours"
-            typer.echo(f"{setting.key} = {_toml_value(setting.value)}  [{kind}]")
-            if setting.note:
-                typer.echo(f"    # {setting.note}")
+            typer.echo(json.dumps(profile_json(catalog, profile), ensure_ascii=False))
+        else:
+            typer.echo(profile_text(catalog, profile))
 
 
 # -- auth ------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ writes the CSV where --report says); the CLI decides where the text goes."""
 from __future__ import annotations
 
 import csv
+import json
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict
@@ -15,6 +16,7 @@ from migrator.batch import BAD, DONE, FAILED, INTERRUPTED, NOT_RUN, PARTIAL, Bat
 from migrator.checkpoint import Journal
 from migrator.engine import RunSummary
 from migrator.errors import ConfigError
+from migrator.profiles import Profile, ProfileCatalog
 from migrator.ratelimit import is_final_refusal
 from migrator.ui.text import duration, human_bytes, table
 from migrator.verify import FolderCheck, MessageInfo, describe_flags, summary
@@ -334,6 +336,95 @@ def folders_table(rows: Sequence[FolderRow], with_target: bool) -> str:
     total = sum(r["messages"] for r in rows)
     size = human_bytes(sum(r["bytes"] for r in rows))
     return table(head, body) + f"\n{len(rows)} folders, {total} messages, {size}"
+
+
+# -- check ----------------------------------------------------------------------------------
+
+
+def facts_text(facts: Sequence[tuple[str, str]]) -> str:
+    """`migrator check`: one fact a line, the values aligned."""
+    width = max(len(k) for k, _ in facts)
+    return "\n".join(f"{key.ljust(width)}  {value}" for key, value in facts)
+
+
+# -- profiles -------------------------------------------------------------------------------
+
+
+#: One profile in `profiles list --json` ("from" is a keyword, hence the functional form):
+#: "from" is "shipped", "user" or "user (overrides shipped)".
+ProfileEntryJson = TypedDict("ProfileEntryJson", {"name": str, "description": str, "from": str})
+
+
+class ProfilesJson(TypedDict):
+    profiles: list[ProfileEntryJson]
+    user_directory: str
+
+
+class SettingJson(TypedDict):
+    key: str
+    value: object
+    source: str
+    note: str
+
+
+ProfileJson = TypedDict("ProfileJson", {"name": str, "from": str, "settings": list[SettingJson]})
+
+
+def profiles_json(catalog: ProfileCatalog) -> ProfilesJson:
+    return {
+        "profiles": [
+            {"name": p.name, "description": p.description, "from": catalog.origin(p.name)}
+            for p in catalog.all()
+        ],
+        "user_directory": str(catalog.directories[-1]),
+    }
+
+
+def profiles_text(catalog: ProfileCatalog) -> str:
+    """A profile a line, marked when it is the user's; then where the user's own go."""
+    profiles = catalog.all()
+    width = max((len(p.name) for p in profiles), default=0)
+    lines = []
+    for p in profiles:
+        origin = catalog.origin(p.name)
+        mark = "" if origin == "shipped" else f" [{origin}]"
+        lines.append(f"{p.name.ljust(width)}  {p.description}{mark}")
+    lines.append(f"your own profiles: {catalog.directories[-1]}")
+    return "\n".join(lines)
+
+
+def profile_json(catalog: ProfileCatalog, profile: Profile) -> ProfileJson:
+    return {
+        "name": profile.name,
+        "from": catalog.origin(profile.name),
+        "settings": [
+            {"key": s.key, "value": s.value, "source": s.source, "note": s.note}
+            for s in profile.settings
+        ],
+    }
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return json.dumps(value, ensure_ascii=False)
+
+
+def profile_text(catalog: ProfileCatalog, profile: Profile) -> str:
+    """The profile's files, then each setting as TOML with the file it is from and its note."""
+    shipped = catalog.directories[0]
+    lines = [f"profile {profile.name}: {profile.description}"]
+    for path in profile.files:
+        kind = "shipped" if path.parent == shipped else "yours"
+        lines.append(f"  {kind}: {path}")
+    for setting in profile.settings:
+        kind = "shipped" if Path(setting.source).parent == shipped else "yours"
+        lines.append(f"{setting.key} = {_toml_value(setting.value)}  [{kind}]")
+        if setting.note:
+            lines.append(f"    # {setting.note}")
+    return "\n".join(lines)
 
 
 # -- status ---------------------------------------------------------------------------------
