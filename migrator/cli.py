@@ -1122,8 +1122,7 @@ def batch(
             load_manifest,
             run_batch,
         )
-        from migrator.ui.progress import make_observer
-        from migrator.ui.report import results_json, results_table, write_report
+        from migrator.ui.batch import make_observer, results_json, results_table, write_report
 
         if not debug:
             # Dask configures its loggers when it is imported (later, by run_batch), and warns

@@ -1,6 +1,5 @@
-"""What the user sees while a command runs: the copy reporters (a line per folder, nothing, or
-tqdm bars) that the engine calls, and the batch observers (a line per account, or bars) that
-run_batch calls. tqdm is imported only when bars are drawn."""
+"""What the user sees while a copy runs: the reporters the engine calls (a line per folder,
+nothing, or tqdm bars), and when bars can be drawn. tqdm is imported only when they are."""
 
 from __future__ import annotations
 
@@ -12,18 +11,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from migrator.batch import AccountResult, NullObserver, Plan
 from migrator.engine import FolderStats, NullReporter
 from migrator.errors import ConfigError
 from migrator.folders import FolderPlan
 from migrator.scrub import scrub
 from migrator.ui.console import err
-from migrator.ui.text import WIDTH, human_bytes, plural, shorten
+from migrator.ui.text import WIDTH, human_bytes, shorten
 
-#: Characters of a folder's name on its bar, and of an account's name on its bar: room is left
-#: for the counts, rate and ETA on an 80-column terminal.
+#: Characters of a folder's name on its bar: room is left for the counts, rate and ETA on an
+#: 80-column terminal.
 FOLDER_LABEL = 20
-ACCOUNT_LABEL = 24
 
 
 def draws_bars(term: str | None) -> bool:
@@ -202,138 +199,3 @@ def make_reporter(
     if draws_bars(term):
         return BarReporter(log_file)
     return LineReporter(log_file)
-
-
-# -- batch ----------------------------------------------------------------------------------
-
-
-class BatchLines(NullObserver):
-    """For logs and cron: a line per finished account on stderr."""
-
-    def __init__(self, quiet: bool = False) -> None:
-        self.quiet = quiet
-        self.total = self.finished = 0
-
-    def _say(self, text: str) -> None:
-        if not self.quiet:
-            err(text)
-
-    def planned(self, plan: Plan, total: int) -> None:
-        self.total = total
-        if plan.kept:
-            self._say(
-                f"migrator: {plural(total, 'account')} to run; {len(plan.kept)} left as "
-                f"{'it was' if len(plan.kept) == 1 else 'they were'} "
-                "(finished or failed before: --refresh, --retry-failed)"
-            )
-
-    def account_finished(self, result: AccountResult) -> None:
-        self.finished += 1
-        line = (
-            f"[{self.finished}/{self.total}] {result.name}: {result.status}, "
-            f"{result.copied} copied, {result.skipped} skipped, {result.failed} failed, "
-            f"{human_bytes(result.bytes)}, {result.seconds:.1f}s"
-        )
-        if result.error:
-            line += f" ({result.error})"
-        self._say(line)
-
-    def notice(self, text: str) -> None:
-        self._say(f"migrator: {text}")
-
-    def close(self) -> None:
-        pass
-
-
-class BatchBars(BatchLines):
-    """On a terminal: one overall bar (accounts done of total, bytes, ETA) and a bar per
-    running account."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        from tqdm import tqdm
-
-        self._tqdm = tqdm
-        self._overall: Any = None
-        self._bars: dict[str, Any] = {}
-        self._positions: dict[str, int] = {}
-        self._free: list[int] = []
-        self._bytes: dict[str, int] = {}
-        self._done_bytes = 0
-        self._started = time.monotonic()
-
-    def _show(self, text: str) -> None:
-        self._tqdm.write(text, file=sys.stderr)
-
-    def _say(self, text: str) -> None:
-        self._show(text)
-
-    def planned(self, plan: Plan, total: int) -> None:
-        super().planned(plan, total)
-        self._overall = self._tqdm(
-            total=total,
-            unit="acct",
-            desc="accounts",
-            position=0,
-            file=sys.stderr,
-            **terminal_size(),
-        )
-
-    def _postfix(self) -> None:
-        nbytes = self._done_bytes + sum(self._bytes.values())
-        rate = nbytes / max(time.monotonic() - self._started, 1e-6)
-        self._overall.set_postfix_str(f"{human_bytes(nbytes)}, {human_bytes(rate)}/s")
-
-    def account_started(self, name: str, worker: str | None) -> None:
-        if name in self._bars:
-            return
-        position = self._free.pop(0) if self._free else 1 + len(self._bars)
-        self._positions[name] = position
-        self._bars[name] = self._tqdm(
-            total=0,
-            unit="msg",
-            desc=shorten(name, ACCOUNT_LABEL),
-            position=position,
-            leave=False,
-            file=sys.stderr,
-            **terminal_size(),
-        )
-
-    def account_progress(
-        self, name: str, messages: int, messages_total: int, nbytes: int, bytes_total: int
-    ) -> None:
-        if name not in self._bars:
-            self.account_started(name, None)
-        bar = self._bars[name]
-        bar.total = messages_total
-        bar.n = messages
-        bar.refresh()
-        self._bytes[name] = nbytes
-        self._postfix()
-
-    def account_finished(self, result: AccountResult) -> None:
-        bar = self._bars.pop(result.name, None)
-        if bar is not None:
-            self._free.append(self._positions.pop(result.name))
-            self._free.sort()
-            bar.close()
-        self._bytes.pop(result.name, None)
-        self._done_bytes += result.bytes
-        self._overall.update(1)
-        self._postfix()
-        if result.error:
-            self._show(f"{result.name}: {result.status}: {result.error}")
-
-    def close(self) -> None:
-        for bar in self._bars.values():
-            bar.close()
-        if self._overall is not None:
-            self._overall.close()
-
-
-def make_observer(quiet: bool, json_output: bool, term: str | None) -> BatchLines:
-    """Bars on a terminal that draws them (even with --json: they go to stderr), else lines;
-    silent lines with --quiet, or with --json and no bars."""
-    if not quiet and draws_bars(term):
-        return BatchBars()
-    return BatchLines(quiet=quiet or json_output)

@@ -1,24 +1,20 @@
-"""What the user reads when a command ends: tables that fit an 80-column terminal, JSON objects
-and the batch's CSV report. Pure functions from results to text (write_report aside, which
-writes the CSV where --report says); the CLI decides where the text goes."""
+"""What the user reads when `copy`, `verify`, `folders`, `status`, `check` and `profiles` end:
+tables that fit an 80-column terminal, and JSON objects (typed below). Pure functions from
+results to text; the CLI decides where the text goes. `batch`'s are in ui/batch.py."""
 
 from __future__ import annotations
 
-import csv
 import json
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TypedDict
 
-from migrator.batch import BAD, DONE, FAILED, INTERRUPTED, NOT_RUN, PARTIAL, BatchResult
 from migrator.checkpoint import Journal
 from migrator.engine import RunSummary
-from migrator.errors import ConfigError
 from migrator.profiles import Profile, ProfileCatalog
 from migrator.ratelimit import is_final_refusal
-from migrator.ui.text import duration, human_bytes, table
+from migrator.ui.text import human_bytes, table
 from migrator.verify import FolderCheck, MessageInfo, describe_flags, summary
 
 #: Failed messages a copy's table names per folder; the journal (`migrator status`) has them all.
@@ -588,111 +584,3 @@ def status_text(data: StatusData) -> str:
             "command again"
         )
     return "\n".join(lines)
-
-
-# -- batch ----------------------------------------------------------------------------------
-
-
-class BatchJson(TypedDict):
-    #: Each account's AccountResult, field by field.
-    accounts: list[dict[str, object]]
-    accounts_total: int
-    accounts_ran: int
-    accounts_done: int
-    accounts_partial: int
-    accounts_failed: int
-    accounts_interrupted: int
-    accounts_not_run: int
-    messages_copied: int
-    messages_skipped: int
-    messages_failed: int
-    bytes: int
-    interrupted: bool
-    seconds: float
-
-
-def results_table(result: BatchResult) -> str:
-    """Per account: status, copied, skipped, failed, bytes, time; then each first error."""
-    rows = [
-        [
-            a.name,
-            a.shown_status,
-            str(a.copied),
-            str(a.skipped),
-            str(a.failed),
-            human_bytes(a.bytes),
-            duration(a.seconds) if a.ran else "-",
-        ]
-        for a in result.accounts
-    ]
-    rows.append(
-        [
-            "total",
-            f"{result.count(DONE)}/{len(result.accounts)} done",
-            str(result.total("copied")),
-            str(result.total("skipped")),
-            str(result.total("failed")),
-            human_bytes(result.total("bytes")),
-            duration(result.seconds),
-        ]
-    )
-    head = ["account", "status", "copied", "skipped", "failed", "bytes", "time"]
-    text = table(head, rows, text_columns=2)
-    errors = [f"  {a.name}: {a.error}" for a in result.accounts if a.error and a.status in BAD]
-    if errors:
-        text += "\nfirst error per account:\n" + "\n".join(errors)
-    return text
-
-
-def results_json(result: BatchResult) -> BatchJson:
-    """Per account as copy --json counts (copied, skipped, failed: messages); at the top, every
-    count says what it counts: accounts_* (accounts by status) or messages_*."""
-    return {
-        "accounts": [{**asdict(a), "seconds": round(a.seconds, 3)} for a in result.accounts],
-        "accounts_total": len(result.accounts),
-        "accounts_ran": result.ran,
-        "accounts_done": result.count(DONE),
-        "accounts_partial": result.count(PARTIAL),
-        "accounts_failed": result.count(FAILED),
-        "accounts_interrupted": result.count(INTERRUPTED),
-        "accounts_not_run": result.count(NOT_RUN),
-        "messages_copied": result.total("copied"),
-        "messages_skipped": result.total("skipped"),
-        "messages_failed": result.total("failed"),
-        "bytes": result.total("bytes"),
-        "interrupted": result.interrupted,
-        "seconds": round(result.seconds, 3),
-    }
-
-
-REPORT_COLUMNS = (
-    "name",
-    "source",
-    "target",
-    "status",
-    "ran",
-    "copied",
-    "skipped",
-    "failed",
-    "bytes",
-    "seconds",
-    "error",
-    "worker",
-    "journal",
-)
-
-
-def report_rows(result: BatchResult) -> Iterator[list[str]]:
-    yield list(REPORT_COLUMNS)
-    for a in result.accounts:
-        data = {**asdict(a), "seconds": f"{a.seconds:.3f}", "ran": "yes" if a.ran else "no"}
-        yield ["" if data[c] is None else str(data[c]) for c in REPORT_COLUMNS]
-
-
-def write_report(path: Path, result: BatchResult) -> None:
-    """The per-account table as CSV, for spreadsheets."""
-    try:
-        with open(path, "w", newline="", encoding="utf-8") as fh:
-            csv.writer(fh).writerows(report_rows(result))
-    except OSError as exc:
-        raise ConfigError(f"--report {path}: {exc.strerror}") from None
