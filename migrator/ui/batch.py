@@ -12,18 +12,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypedDict
 
-from migrator.batch import (
-    BAD,
-    DONE,
-    FAILED,
-    INTERRUPTED,
-    NOT_RUN,
-    PARTIAL,
-    AccountResult,
-    BatchResult,
-    NullObserver,
-    Plan,
-)
+from migrator import batch
+from migrator.batch import AccountResult, BatchResult, NullObserver, Plan
 from migrator.errors import ConfigError
 from migrator.ui.console import err
 from migrator.ui.progress import draws_bars, terminal_size
@@ -206,7 +196,7 @@ def results_table(result: BatchResult) -> str:
     rows.append(
         [
             "total",
-            f"{result.count(DONE)}/{len(result.accounts)} done",
+            f"{result.count(batch.DONE)}/{len(result.accounts)} done",
             str(result.total("copied")),
             str(result.total("skipped")),
             str(result.total("failed")),
@@ -216,7 +206,8 @@ def results_table(result: BatchResult) -> str:
     )
     head = ["account", "status", "copied", "skipped", "failed", "bytes", "time"]
     text = table(head, rows, text_columns=2)
-    errors = [f"  {a.name}: {a.error}" for a in result.accounts if a.error and a.status in BAD]
+    bad = [a for a in result.accounts if a.error and a.status in batch.BAD]
+    errors = [f"  {a.name}: {a.error}" for a in bad]
     if errors:
         text += "\nfirst error per account:\n" + "\n".join(errors)
     return text
@@ -229,11 +220,11 @@ def results_json(result: BatchResult) -> BatchJson:
         "accounts": [{**asdict(a), "seconds": round(a.seconds, 3)} for a in result.accounts],
         "accounts_total": len(result.accounts),
         "accounts_ran": result.ran,
-        "accounts_done": result.count(DONE),
-        "accounts_partial": result.count(PARTIAL),
-        "accounts_failed": result.count(FAILED),
-        "accounts_interrupted": result.count(INTERRUPTED),
-        "accounts_not_run": result.count(NOT_RUN),
+        "accounts_done": result.count(batch.DONE),
+        "accounts_partial": result.count(batch.PARTIAL),
+        "accounts_failed": result.count(batch.FAILED),
+        "accounts_interrupted": result.count(batch.INTERRUPTED),
+        "accounts_not_run": result.count(batch.NOT_RUN),
         "messages_copied": result.total("copied"),
         "messages_skipped": result.total("skipped"),
         "messages_failed": result.total("failed"),
