@@ -61,6 +61,17 @@ def test_engine_and_core_never_name_a_concrete_store_or_print():
         assert "print(" not in source and "typer" not in source and "tqdm" not in source
 
 
+def test_the_ui_only_presents():
+    """migrator/ui/ turns results into text: the CLI calls it, it never calls the CLI or typer,
+    and the rest of the package (stores, engine, batch) may import only its pure ui.text."""
+    for path in (PACKAGE / "ui").glob("*.py"):
+        assert not imports(path) & {"migrator.cli", "typer", "click"}, path
+    for path in PACKAGE.rglob("*.py"):
+        if path.parent.name != "ui" and path.name != "cli.py":
+            used = {m for m in imports(path) if m.startswith("migrator.ui")}
+            assert used <= {"migrator.ui.text"}, (path, used)
+
+
 #: Library functions allowed to read the environment, each by name. account.recipe_env reads the
 #: one variable a batch manifest row names for an account's password (``source_password_env``):
 #: it must be read on the Dask worker that runs the account, where the CLI's environment is not,
