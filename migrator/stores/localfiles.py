@@ -1,4 +1,5 @@
 """What the mbox and Maildir stores share: private files, fsync, locks, folder names, dates.
+(Header parsing, for these and every other store, is migrator.headers.)
 
 Kept free of either format so each store module reads as its format alone. Files and directories
 are created with explicit modes (0600/0700) through os.open/os.mkdir, never left to the umask,
@@ -14,13 +15,13 @@ import re
 import socket
 import time
 from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime, timedelta, timezone
-from email.utils import parsedate_tz
+from datetime import UTC, datetime
 from pathlib import Path
 
 from imapclient import imap_utf7
 
 from migrator.errors import StoreError
+from migrator.headers import header_and_blank_line
 from migrator.model import FolderPath
 
 FILE_MODE = 0o600
@@ -113,6 +114,10 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
     while view:
         written = os.write(fd, view)
         view = view[written:]
+
+
+#: Parts per writev: IOV_MAX on Linux and the BSDs.
+_IOV_MAX = 1024
 
 
 def write_parts(fd: int, parts: Sequence[bytes]) -> None:
@@ -245,55 +250,10 @@ def fcntl_unlock(fd: int) -> None:
         fcntl.lockf(fd, fcntl.LOCK_UN)
 
 
-# -- message headers and dates ----------------------------------------------------------------
+# -- message text and dates -------------------------------------------------------------------
 
-_HEADER_END = re.compile(rb"\r?\n\r?\n")
-#: Parts per writev: IOV_MAX on Linux and the BSDs.
-_IOV_MAX = 1024
-
-
-def header_block(data: bytes) -> bytes:
-    """The header of a message, up to the empty line (all of it when there is none)."""
-    match = _HEADER_END.search(data)
-    if data.startswith((b"\n", b"\r\n")):
-        return b""
-    return data[: match.end()] if match else data
-
-
-def _fields(header: bytes) -> Iterator[tuple[bytes, bytes]]:
-    """(lower-case name, unfolded value) for each field of a header block."""
-    unfolded = re.sub(rb"\r?\n[ \t]+", b" ", header)
-    for line in unfolded.splitlines():
-        name, sep, value = line.partition(b":")
-        if sep and name and not name[:1].isspace():
-            yield name.strip().lower(), value.strip()
-
-
-def _parse_rfc_date(value: bytes) -> datetime | None:
-    parsed = parsedate_tz(value.decode("ascii", "replace"))
-    if parsed is None:
-        return None
-    try:
-        offset = parsed[9] or 0
-        naive = datetime(*parsed[:6])  # type: ignore[misc]
-        return naive.replace(tzinfo=timezone(timedelta(seconds=offset)))
-    except (ValueError, OverflowError, TypeError):
-        return None
-
-
-def date_from_headers(header: bytes) -> datetime | None:
-    """A stand-in INTERNALDATE (SPEC, Fidelity): the newest Received date, else the Date field."""
-    newest: datetime | None = None
-    date_field: datetime | None = None
-    for name, value in _fields(header):
-        if name == b"received":
-            _, _, when = value.rpartition(b";")
-            parsed = _parse_rfc_date(when)
-            if parsed is not None and (newest is None or parsed > newest):
-                newest = parsed
-        elif name == b"date" and date_field is None:
-            date_field = _parse_rfc_date(value)
-    return newest or date_field
+#: The header cut mbox and Maildir have always made (migrator.headers says why it stays).
+header_block = header_and_blank_line
 
 
 def to_lf(data: bytes) -> bytes:

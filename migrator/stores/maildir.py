@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from migrator.errors import ConfigError, FolderError, MessageError, StoreError
+from migrator.headers import header_and_blank_line, message_date, message_key
 from migrator.model import (
     INBOX,
     UNCOPIED_FLAGS,
@@ -45,18 +46,15 @@ from migrator.model import (
     FolderState,
     MessageRef,
     crlf_size,
-    message_key,
 )
 from migrator.stores.base import AppendResult, FlagChange, Source, Target
 from migrator.stores.localfiles import (
     FILE_MODE,
     LOCK_TIMEOUT,
-    date_from_headers,
     decode_level,
     dotlock,
     encode_level,
     fsync_dir,
-    header_block,
     hostname_for_filename,
     make_private_dirs,
     os_reason,
@@ -306,7 +304,9 @@ class MaildirStore(Source, Target):
                 f"{file} does not look like a message (no header field at its start); "
                 "it was left in place"
             )
-        return MessageRef(base, size, flags, date, message_key(header_block(data), size), extra)
+        return MessageRef(
+            base, size, flags, date, message_key(header_and_blank_line(data), size), extra
+        )
 
     @staticmethod
     def _read(file: Path) -> bytes | MessageError | None:
@@ -388,7 +388,7 @@ class MaildirStore(Source, Target):
                 tmp.unlink()
             raise
         os.close(fd)
-        date = ref.date or date_from_headers(header_block(content)) or utc_now()
+        date = ref.date or message_date(header_and_blank_line(content)) or utc_now()
         stamp = (date - EPOCH) // timedelta(microseconds=1) * 1000  # exact, unlike float seconds
         os.utime(tmp, ns=(stamp, stamp))
         final = folder / "cur" / f"{base}:2,{_info(ref.flags, letters)}"

@@ -64,6 +64,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from migrator.errors import ConfigError, FolderError, MessageError, StoreError
+from migrator.headers import header_and_blank_line, message_date, message_key
 from migrator.model import (
     INBOX,
     UNCOPIED_FLAGS,
@@ -72,19 +73,16 @@ from migrator.model import (
     FolderState,
     MessageRef,
     crlf_size,
-    message_key,
 )
 from migrator.stores.base import AppendResult, Source, Target
 from migrator.stores.localfiles import (
     FILE_MODE,
     LOCK_TIMEOUT,
-    date_from_headers,
     decode_level,
     dotlock,
     fcntl_lock,
     fcntl_unlock,
     fsync_dir,
-    header_block,
     make_private_dirs,
     os_reason,
     special_use_by_name,
@@ -305,7 +303,7 @@ def render_parts(
         # A lone folded line without a newline: the only shape that gains a final newline.
         head = escaped + b"\n" + fields
     if date is None:
-        date = date_from_headers(header) or utc_now()
+        date = message_date(header) or utc_now()
     yield format_from_line(date, _sender(header)) + quote(head)
     if rest:
         yield quote(rest)
@@ -424,11 +422,11 @@ def decode_record(record: bytes) -> Decoded:
                     flags.add(flag)
             if b"D" in value:
                 flags.add("\\Deleted")
-    elif (mozilla := _mozilla_flags(header_block(content))) is not None:
+    elif (mozilla := _mozilla_flags(header_and_blank_line(content))) is not None:
         flags, expunged = mozilla
     for value in fields.get(b"x-keywords", []):
         flags.update(k.decode("utf-8", "replace") for k in value.split())
-    date = parse_from_date(from_line) or date_from_headers(header_block(content))
+    date = parse_from_date(from_line) or message_date(header_and_blank_line(content))
     return Decoded(content, frozenset(flags), date, error, b"x-imap" in fields, expunged, fields)
 
 
@@ -754,7 +752,7 @@ class MboxStore(Source, Target):
                 size=size,
                 flags=decoded.flags,
                 date=decoded.date,
-                key=message_key(header_block(decoded.content), size),
+                key=message_key(header_and_blank_line(decoded.content), size),
                 extra=extra,
             )
 
