@@ -14,7 +14,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -51,6 +51,14 @@ def special_use_by_name(path: FolderPath) -> str | None:
             if name in names:
                 return use
     return None
+
+
+def storable_keywords(flags: Iterable[str]) -> list[str]:
+    """The keywords a file can name (mbox X-Keywords, Maildir dovecot-keywords): no whitespace
+    in them, no system flags, in a stable order."""
+    return sorted(
+        k for k in flags if k and not k.startswith("\\") and not any(c.isspace() for c in k)
+    )
 
 
 # -- folder names on disk ---------------------------------------------------------------------

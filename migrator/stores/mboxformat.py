@@ -16,7 +16,10 @@ from typing import BinaryIO
 
 from migrator.headers import header_and_blank_line, message_date
 from migrator.model import UNCOPIED_FLAGS
-from migrator.stores.localfiles import to_lf, utc_now
+from migrator.stores.localfiles import storable_keywords, to_lf, utc_now
+
+#: The keywords an X-Keywords field can hold (the name mbox.py and its tests import).
+keywords_of = storable_keywords
 
 #: Bytes kept in the first message's X-IMAPbase for the keyword list to grow into.
 IMAPBASE_ROOM = 600
@@ -138,13 +141,6 @@ def _header_end(data: bytes, start: int = 0) -> int:
         return start
     match = _HEADER_END.search(data, start)
     return len(data) if match is None else match.end()
-
-
-def keywords_of(flags: Iterable[str]) -> list[str]:
-    """The keywords that fit a space-separated X-Keywords field, in a stable order."""
-    return sorted(
-        k for k in flags if k and not k.startswith("\\") and not any(c.isspace() for c in k)
-    )
 
 
 def imapbase_field(keywords: Iterable[str], validity: int) -> bytes:
