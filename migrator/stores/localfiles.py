@@ -31,6 +31,10 @@ DIR_MODE = 0o700
 LOCK_TIMEOUT = 30.0
 #: A dotlock untouched for this long is left over from a crash (Dovecot uses 2-5 minutes).
 DOTLOCK_STALE_SECONDS = 300.0
+#: How often a writer looks again at a lock another program holds.
+LOCK_POLL_SECONDS = 0.05
+#: Bytes of a dotlock read for its "<pid>:<host>" line.
+_DOTLOCK_TEXT = 64
 
 #: Usual names of special-use folders, for stores that have no flags on disk (RFC 6154).
 _SPECIAL_NAMES = {
@@ -178,7 +182,7 @@ def pid_alive(pid: int) -> bool:
 def _dotlock_stale(lock: Path) -> bool:
     try:
         st = lock.stat()
-        text = lock.read_bytes()[:64]
+        text = lock.read_bytes()[:_DOTLOCK_TEXT]
     except FileNotFoundError:
         return True
     except OSError:
@@ -214,7 +218,7 @@ def dotlock(target: Path, timeout: float = LOCK_TIMEOUT) -> Iterator[bool]:
                     "close the mail client using it or remove a stale lock file",
                     transient=True,
                 ) from None
-            time.sleep(0.05)
+            time.sleep(LOCK_POLL_SECONDS)
             continue
         except PermissionError:
             yield False
@@ -248,7 +252,7 @@ def fcntl_lock(fd: int, target: Path, timeout: float = LOCK_TIMEOUT) -> None:
                     f"{target}: locked by another program; close the mail client using it",
                     transient=True,
                 ) from None
-            time.sleep(0.05)
+            time.sleep(LOCK_POLL_SECONDS)
 
 
 def fcntl_unlock(fd: int) -> None:

@@ -151,12 +151,16 @@ def imapbase_field(keywords: Iterable[str], validity: int) -> bytes:
     return b"X-IMAPbase: %d 0000000000 %s%s\n" % (validity, listed, room)
 
 
+#: Distinct flag sets whose bookkeeping fields are kept rendered (a handful per folder).
+FLAG_SETS_CACHED = 256
+
+
 def _flags_fields(flags: Iterable[str]) -> bytes:
     # Listings share one frozenset per distinct set of flags: a handful per folder.
     return _flags_fields_of(flags if isinstance(flags, frozenset) else frozenset(flags))
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=FLAG_SETS_CACHED)
 def _flags_fields_of(flags: frozenset[str]) -> bytes:
     flags = flags - UNCOPIED_FLAGS
     fields = b"Status: RO\n" if "\\Seen" in flags else b"Status: O\n"
@@ -418,6 +422,9 @@ def _length_fits(fd: int, end: int, size: int) -> bool:
 
 # -- the keyword list of a file ---------------------------------------------------------------
 
+#: How much of the file's start is read to find the first message's X-IMAPbase field.
+FIRST_HEADER_BYTES = 65536
+
 
 _IMAPBASE = re.compile(rb"^X-IMAPbase:[ \t]*\d+[ \t]+\d+([^\n]*)\n", re.IGNORECASE | re.MULTILINE)
 
@@ -428,7 +435,7 @@ def list_keywords(fd: int, keywords: Sequence[str]) -> None:
     The one in-place write to archived bytes: it touches only that bookkeeping field's padding,
     so no message changes; when the room is used up Dovecot will not show the new keywords (our
     reader still does, from each message's X-Keywords)."""
-    head = os.pread(fd, 65536, 0)
+    head = os.pread(fd, FIRST_HEADER_BYTES, 0)
     header, _ = _split_header(head[head.find(b"\n") + 1 :])
     match = _IMAPBASE.search(header)
     if match is None:

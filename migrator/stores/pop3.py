@@ -37,6 +37,10 @@ from migrator.stores.pop3wire import (
 #: RETR commands kept in flight beyond the one being read, and the LIST octets they may add.
 RETR_WINDOW = 16
 RETR_WINDOW_BYTES = 1024 * 1024
+#: Reconnects after a dropped connection before a transient StoreError, and the first pause
+#: between them (doubling each time).
+RECONNECTS = 3
+BACKOFF_SECONDS = 1.0
 
 
 # --- the store ------------------------------------------------------------------------------
@@ -53,8 +57,8 @@ class Pop3Store(Source):
         *,
         flags: frozenset[str] = frozenset(),
         apop: bool = False,
-        retries: int = 3,
-        backoff: float = 1.0,
+        retries: int = RECONNECTS,
+        backoff: float = BACKOFF_SECONDS,
     ) -> None:
         """``flags`` are given to every message (POP3 has none; for ``--flags seen``); ``apop``
         logs in with APOP instead of SASL PLAIN or USER/PASS; after a dropped connection,

@@ -266,7 +266,7 @@ class Session:
     #: DELE was sent: the session must end by the QUIT of delete() or be dropped, never QUIT
     #: by close() after something went wrong.
     deleting: bool = False
-    #: The server has no UIDL: the ids are digests of the headers (see number()).
+    #: The server has no UIDL: the ids are digests of the headers (see number_messages()).
     weak_ids: bool = False
 
     @property
@@ -312,7 +312,7 @@ class Dialer:
             self._login(wire, caps or {}, wire.conn.welcome)
             caps = self._capa(wire) or caps or {}
             session = Session(wire, caps)
-            number(session)
+            number_messages(session)
         except Dropped as exc:
             wire.close()
             raise Dropped(f"the connection was lost while logging in ({exc})") from None
@@ -462,7 +462,7 @@ class Dialer:
 # --- numbering the messages of a session ---------------------------------------------------
 
 
-def number(session: Session) -> None:
+def number_messages(session: Session) -> None:
     """Map ids to this session's message numbers: by UIDL, else by a digest of each header."""
     wire = session.wire
     session.sizes = parse_list(wire.multiline("LIST").split(b"\r\n"))
