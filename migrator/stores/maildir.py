@@ -22,6 +22,9 @@ Reading. Files in new/ and cur/ whose name starts with '.' and anything that is 
 are skipped; a file whose name is not a delivery name (``<digits>.…``) and whose content does not
 start like a message (a header field or a From_ line) is listed and reported as a failed message,
 never copied as mail and never touched. tmp/ is never read.
+
+Modules. maildirtree.py holds the names (folders, message files and their flags), the keywords
+file and the listing; this module is the store: reading, delivering, renaming, recovering.
 """
 
 from __future__ import annotations

@@ -45,6 +45,9 @@ changes a message.
 
 Deleting. ``can_delete`` is False: removing a message means rewriting the file, which would break
 the promise that nothing archived is ever rewritten and race with mail clients reading it.
+
+Modules. mboxformat.py is the format (a record in and out, a file read as records), mboxtree.py
+the layout (which file holds which folder); this module is the store and its torn-batch sidecar.
 """
 
 from __future__ import annotations
