@@ -20,7 +20,7 @@ from pathlib import Path
 
 from imapclient import imap_utf7
 
-from migrator.errors import StoreError
+from migrator.errors import ConfigError, StoreError
 from migrator.headers import header_and_blank_line
 from migrator.model import FolderPath
 
@@ -63,6 +63,26 @@ def storable_keywords(flags: Iterable[str]) -> list[str]:
     return sorted(
         k for k in flags if k and not k.startswith("\\") and not any(c.isspace() for c in k)
     )
+
+
+def check_root(path: Path, label: str, *, create: bool, file_ok: bool) -> None:
+    """At connect, a ConfigError the user can act on when the archive's root cannot serve: not a
+    directory (nor a file, when ``file_ok``), not readable, or missing while ``create`` is off."""
+    if path.exists():
+        if path.is_dir():
+            mode = os.R_OK | os.X_OK
+        elif file_ok and path.is_file():
+            mode = os.R_OK
+        else:
+            raise ConfigError(
+                f"{label}: not a file or a directory" if file_ok else f"{label}: not a directory"
+            )
+        if not os.access(path, mode):
+            raise ConfigError(f"{label}: permission denied; check the owner and mode")
+    elif not create:
+        raise ConfigError(
+            f"{label}: no such file or directory" if file_ok else f"{label}: no such directory"
+        )
 
 
 # -- folder names on disk ---------------------------------------------------------------------

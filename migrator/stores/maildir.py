@@ -36,13 +36,14 @@ from collections.abc import Container, Iterable, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 
-from migrator.errors import ConfigError, FolderError, MessageError, StoreError
+from migrator.errors import FolderError, MessageError, StoreError
 from migrator.headers import header_and_blank_line, message_date
 from migrator.model import INBOX, Folder, FolderPath, FolderState, MessageRef, crlf_size
 from migrator.stores.base import AppendResult, FlagChange, Source, Target
 from migrator.stores.localfiles import (
     FILE_MODE,
     LOCK_TIMEOUT,
+    check_root,
     encode_level,
     fsync_dir,
     hostname_for_filename,
@@ -104,14 +105,7 @@ class MaildirStore(Source, Target):
     # -- connecting and folders ------------------------------------------------------------
 
     def connect(self) -> None:
-        path = self.path
-        if path.exists():
-            if not path.is_dir():
-                raise ConfigError(f"{self.label}: not a directory")
-            if not os.access(path, os.R_OK | os.X_OK):
-                raise ConfigError(f"{self.label}: permission denied; check the owner and mode")
-        elif not self.create:
-            raise ConfigError(f"{self.label}: no such directory")
+        check_root(self.path, self.label, create=self.create, file_ok=False)
 
     def close(self) -> None:
         pass

@@ -62,13 +62,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from migrator.errors import ConfigError, FolderError, MessageError, StoreError
+from migrator.errors import FolderError, MessageError, StoreError
 from migrator.headers import header_and_blank_line, message_key
 from migrator.model import INBOX, Folder, FolderPath, FolderState, MessageRef, crlf_size
 from migrator.stores.base import AppendResult, Source, Target
 from migrator.stores.localfiles import (
     FILE_MODE,
     LOCK_TIMEOUT,
+    check_root,
     dotlock,
     fcntl_lock,
     fcntl_unlock,
@@ -157,16 +158,9 @@ class MboxStore(Source, Target):
     # -- connecting and folders ------------------------------------------------------------
 
     def connect(self) -> None:
-        path = self.path
-        if path.exists():
-            self.single = path.is_file()
-            if not path.is_file() and not path.is_dir():
-                raise ConfigError(f"{self.label}: not a file or a directory")
-            mode = os.R_OK if self.single else os.R_OK | os.X_OK
-            if not os.access(path, mode):
-                raise ConfigError(f"{self.label}: permission denied; check the owner and mode")
-        elif not self.create:
-            raise ConfigError(f"{self.label}: no such file or directory")
+        if self.path.exists():
+            self.single = self.path.is_file()
+        check_root(self.path, self.label, create=self.create, file_ok=True)
 
     def close(self) -> None:
         self._listings.clear()
