@@ -15,6 +15,7 @@ loudly, by name, instead of mid-copy).
 from __future__ import annotations
 
 import imaplib
+import io
 import logging
 import re
 import ssl
@@ -98,7 +99,8 @@ RELIED_ON: tuple[Member, ...] = (
     Member("imaplib.IMAP4", "tagged_commands", kind=dict),
     Member("imaplib.IMAP4", "untagged_responses", kind=dict),
     Member("imaplib.IMAP4", "debug", kind=int),
-    Member("imaplib.IMAP4", "file", kind=object),
+    # Read with peek and read1 (read_fetch_answers, read_literal).
+    Member("imaplib.IMAP4", "file", kind=io.BufferedReader),
 )
 
 
