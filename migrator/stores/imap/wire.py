@@ -5,7 +5,8 @@ FETCH with a compact UID set whose answers are read without imaplib's per-line o
 MULTIAPPEND that streams each message from its bytes, LIST with RETURN (SPECIAL-USE), CREATE
 with USE, MYRIGHTS, UID MOVE with its COPYUID, the server's words when STARTTLS is refused, and
 bounds on what a server can make a connection hold or wait for. These functions do those
-things on an IMAPClient; the stores call nothing private themselves.
+things on an IMAPClient; the stores call nothing private themselves. Below it, the socket
+level both IMAP and POP3 read through is migrator/stores/tls.py.
 
 RELIED_ON lists each private member used here (tests/unit/test_imap_wire.py checks it against
 the installed imaplib and imapclient, so that an upgrade that drops or reshapes one fails
