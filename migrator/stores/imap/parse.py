@@ -115,7 +115,11 @@ def is_utf8(data: bytes) -> bool:
     return True
 
 
-@lru_cache(maxsize=64)
+#: Zone objects kept by UTC offset (a mailbox has a handful of offsets, a busy one dozens).
+ZONES_KEPT = 64
+
+
+@lru_cache(maxsize=ZONES_KEPT)
 def fixed_zone(offset: timedelta) -> timezone:
     """One time zone object per UTC offset, shared by every date that has it."""
     return timezone(offset)

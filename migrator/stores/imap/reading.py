@@ -36,6 +36,8 @@ BODY_BATCH_COUNT = 400
 #: the claim) before the claims are taken for lies: the connection is dropped, what came whole
 #: is kept, and from then on each message is fetched on its own.
 FETCH_SLACK = 4 * 1024 * 1024
+#: Characters of a nonsense RFC822.SIZE quoted in the reason its message is not copied.
+SIZE_SHOWN = 40
 
 
 class ImapReading(ImapFolders):
@@ -138,9 +140,10 @@ class ImapReading(ImapFolders):
         raw = item.get(b"FLAGS", ())
         if not isinstance(size, int) or not 0 <= size <= LARGEST_MESSAGE:
             # Kept out of the journal and the batch sizes; fetch() fails the message.
+            shown = server_words(str(size))[:SIZE_SHOWN]
             self._unusable[str(uid)] = (
-                f"the server gave its size as {server_words(str(size))[:40]} bytes (migrator "
-                f"copies messages of up to {LARGEST_MESSAGE >> 20} MiB)"
+                f"the server gave its size as {shown} bytes (migrator copies messages of up to "
+                f"{LARGEST_MESSAGE >> 20} MiB)"
             )
             size = 0
         flags = self._flag_sets.get(raw)

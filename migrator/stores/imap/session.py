@@ -209,6 +209,9 @@ class ImapSession(Source, Target):
         "NAMESPACE",
         "IDLE",
     )
+    #: The first of them, each missing one making a copy slower or less exact: `check` names
+    #: those the server lacks.
+    WANTED = NOTABLE[:5]
 
     def describe(self) -> list[tuple[str, str]]:
         client = self._c
@@ -231,7 +234,7 @@ class ImapSession(Source, Target):
             ("tls", self.tls_version or "none (plaintext)"),
             ("certificate", subject or "-"),
             ("capabilities", " ".join(notable) or "-"),
-            ("missing", " ".join(c for c in self.NOTABLE[:5] if c not in notable) or "-"),
+            ("missing", " ".join(c for c in self.WANTED if c not in notable) or "-"),
             ("delimiter", self.delimiter or "-"),
             ("personal namespace", repr(self.prefix) if self.prefix else "no prefix"),
             ("folders", str(len(self.list_folders()))),

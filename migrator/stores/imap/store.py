@@ -12,6 +12,7 @@ class ImapStore(ImapWriting):
     """One IMAP account. Not thread-safe: the engine gives each worker its own store."""
 
     can_delete = True
+    #: A network server may file an APPEND up to a second after the process that sent it died.
     late_append_window = 1.0
     concurrent_appends = True
     can_update = True

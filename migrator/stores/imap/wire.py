@@ -345,7 +345,7 @@ def read_literal(imap: Any, size: int, uid: str | None = None) -> bytes:
 
 def _read_line(imap: Any) -> bytes:
     """One line, at most imaplib's _MAXLINE, read within _deadline() however slowly it comes."""
-    limit: int = getattr(imaplib, "_MAXLINE", 1_000_000)
+    limit: int = getattr(imaplib, "_MAXLINE", 1_000_000)  # its value since Python 3.5
     file = imap.file
     ahead = file.peek(1)
     end = ahead.find(b"\n")
