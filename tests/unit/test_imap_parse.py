@@ -254,30 +254,30 @@ def test_a_literal_larger_than_the_run_takes_is_refused_before_anything_is_read(
     import io
     import types
 
-    from migrator.stores.imap import _read_literal, _TooBig
+    from migrator.stores.imap.wire import LiteralTooBig, read_literal
 
     def connection(allowed: int | None) -> types.SimpleNamespace:
         raw = io.BufferedReader(io.BytesIO(b"x" * 100))  # type: ignore[arg-type]
         return types.SimpleNamespace(file=raw, _migrator_allowed=allowed, abort=imaplib.IMAP4.abort)
 
     imap = connection(None)
-    with pytest.raises(_TooBig, match="99999999999 bytes") as caught:
-        _read_literal(imap, 99_999_999_999, "7")
+    with pytest.raises(LiteralTooBig, match="99999999999 bytes") as caught:
+        read_literal(imap, 99_999_999_999, "7")
     assert caught.value.single and caught.value.uid == "7" and imap.file.tell() == 0
     # within a FETCH's allowance: read, and the allowance shrinks; past it: refused, not single
     imap = connection(60)
-    assert _read_literal(imap, 50) == b"x" * 50 and imap._migrator_allowed == 10
-    with pytest.raises(_TooBig) as caught:
-        _read_literal(imap, 20)
+    assert read_literal(imap, 50) == b"x" * 50 and imap._migrator_allowed == 10
+    with pytest.raises(LiteralTooBig) as caught:
+        read_literal(imap, 20)
     assert not caught.value.single
 
 
 def test_an_imaplib_refusal_is_shown_in_the_servers_words():
-    from migrator.stores.imap import _text
+    from migrator.stores.imap.parse import server_words
 
     said = "LOGIN command error: NO [b'[AUTHENTICATIONFAILED] Authentication failed.']"
-    assert _text(said) == "NO [AUTHENTICATIONFAILED] Authentication failed."
-    assert _text("STARTTLS command error: BAD [b'what']") == "BAD what"
+    assert server_words(said) == "NO [AUTHENTICATIONFAILED] Authentication failed."
+    assert server_words("STARTTLS command error: BAD [b'what']") == "BAD what"
 
 
 def _store_with(prefix, delimiter, namespaces):

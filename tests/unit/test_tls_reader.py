@@ -16,7 +16,8 @@ import trustme
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from migrator.endpoints import BufferedTlsSocket, make_ssl_context
+from migrator.endpoints import make_ssl_context
+from migrator.stores.tls import BufferedTlsSocket
 
 
 @pytest.fixture(scope="module")
