@@ -1217,6 +1217,44 @@ class BatchBars(BatchLines):
             self._overall.close()
 
 
+#: `batch`'s own options (those of its accounts' jobs are derived from options.py).
+_PerHostOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--max-per-host",
+        min=1,
+        help="Accounts at once on one server host (default: the connection limit of "
+        "the provider profile serving that host, else 4).",
+        show_default=False,
+    ),
+]
+_StateDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--state-dir",
+        help="Where the batch ledger and every account's journal live (shared by all "
+        "workers of a cluster). Default: the user's state directory, batch/MANIFEST-NAME.",
+        show_default=False,
+    ),
+]
+_ClusterOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--cluster",
+        help="A Dask scheduler to run the accounts on: tcp://HOST:8786 or tls://HOST:8786 "
+        "(default: in this process).",
+        show_default=False,
+    ),
+]
+_RefreshOpt = Annotated[
+    bool,
+    typer.Option(
+        "--refresh",
+        help="Also run the accounts that finished before (copies only what is new).",
+    ),
+]
+
+
 @app.command()
 @_takes_job("batch", ())
 def batch(
@@ -1226,47 +1264,16 @@ def batch(
     jobs: Annotated[
         int, typer.Option("--jobs", "-j", min=1, max=4096, help="Accounts copied at once.")
     ] = 4,
-    max_per_host: Annotated[
-        int | None,
-        typer.Option(
-            "--max-per-host",
-            min=1,
-            help="Accounts at once on one server host (default: the connection limit of "
-            "the provider profile serving that host, else 4).",
-            show_default=False,
-        ),
-    ] = None,
-    state_dir: Annotated[
-        Path | None,
-        typer.Option(
-            "--state-dir",
-            help="Where the batch ledger and every account's journal live (shared by all "
-            "workers of a cluster). Default: the user's state directory, batch/MANIFEST-NAME.",
-            show_default=False,
-        ),
-    ] = None,
-    cluster: Annotated[
-        str | None,
-        typer.Option(
-            "--cluster",
-            help="A Dask scheduler to run the accounts on: tcp://HOST:8786 or tls://HOST:8786 "
-            "(default: in this process).",
-            show_default=False,
-        ),
-    ] = None,
+    max_per_host: _PerHostOpt = None,
+    state_dir: _StateDirOpt = None,
+    cluster: _ClusterOpt = None,
     retry_failed: Annotated[
         bool, typer.Option("--retry-failed", help="Also run the accounts that failed before.")
     ] = False,
     only_failed: Annotated[
         bool, typer.Option("--only-failed", help="Run only the accounts that failed before.")
     ] = False,
-    refresh: Annotated[
-        bool,
-        typer.Option(
-            "--refresh",
-            help="Also run the accounts that finished before (copies only what is new).",
-        ),
-    ] = False,
+    refresh: _RefreshOpt = False,
     json_output: JsonOpt = False,
     report: Annotated[
         Path | None,
