@@ -313,8 +313,8 @@ def _fail(exc: BaseException, debug: bool) -> NoReturn:
 
 @contextmanager
 def _errors(debug: bool) -> Iterator[None]:
-    """Every command's frame: one clear line per error, exit codes as SPEC.md gives them;
-    SIGTERM and SIGHUP stop like Ctrl-C."""
+    """Every command's frame: one clear line per error, exit codes as README's "Commands"
+    gives them; SIGTERM and SIGHUP stop like Ctrl-C."""
 
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
