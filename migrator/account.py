@@ -45,6 +45,7 @@ from migrator.engine import CopyOptions, Engine, Reporter, RunSummary
 from migrator.errors import ConfigError, closest
 from migrator.filters import MessageFilter, parse_age, parse_date, parse_size
 from migrator.folders import FolderMap
+from migrator.options import DEFAULT_TIMEOUT
 
 # Declared in migrator.options; named here too, for the batch and the tests.
 from migrator.options import CopyJob as CopyJob
@@ -316,7 +317,7 @@ def open_side(
     profile_name: str | None = None,
     ca_file: Path | None = None,
     insecure: bool = False,
-    timeout: float = 60.0,
+    timeout: float = DEFAULT_TIMEOUT,
     interactive: bool = False,
     catalog: ProfileCatalog | None = None,
 ) -> Side:

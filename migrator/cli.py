@@ -860,15 +860,21 @@ def check(
 
 # -- profiles --------------------------------------------------------------------------------
 
-profiles_app = typer.Typer(
-    name="profiles",
-    help="Provider profiles (gmail, outlook, ...): the shipped ones and your own.\n\n"
+
+def _group(name: str, help: str) -> typer.Typer:
+    """A group of commands (`migrator NAME ...`), with the top level's "did you mean"."""
+    group = typer.Typer(
+        name=name, help=help, cls=_Commands, no_args_is_help=True, rich_markup_mode=None
+    )
+    app.add_typer(group)
+    return group
+
+
+profiles_app = _group(
+    "profiles",
+    "Provider profiles (gmail, outlook, ...): the shipped ones and your own.\n\n"
     "Example: migrator profiles show gmail",
-    cls=_Commands,
-    no_args_is_help=True,
-    rich_markup_mode=None,
 )
-app.add_typer(profiles_app)
 
 
 @profiles_app.command("list")
@@ -951,15 +957,11 @@ def profiles_show(
 
 # -- auth ------------------------------------------------------------------------------------
 
-auth_app = typer.Typer(
-    name="auth",
-    help="OAuth2 sign-in for providers that want it (Gmail, Microsoft 365).\n\n"
+auth_app = _group(
+    "auth",
+    "OAuth2 sign-in for providers that want it (Gmail, Microsoft 365).\n\n"
     "Example: migrator auth login gmail:alice@gmail.com",
-    cls=_Commands,
-    no_args_is_help=True,
-    rich_markup_mode=None,
 )
-app.add_typer(auth_app)
 
 
 @auth_app.command("login")
