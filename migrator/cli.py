@@ -388,7 +388,7 @@ def _option(name: str, kind: str, default: Any, **how: Any) -> inspect.Parameter
         value_type = int | None
     if kind == options.LIST:
         how["show_default"] = False
-    info = typer.Option("--" + name.replace("_", "-"), *how.pop("short", ()), **how)
+    info = typer.Option("--" + name.replace("_", "-"), **how)
     return inspect.Parameter(
         name,
         inspect.Parameter.POSITIONAL_OR_KEYWORD,

@@ -27,7 +27,7 @@ from migrator.errors import ConfigError
 # -- defaults ---------------------------------------------------------------------------------
 
 #: Folders copied at once, each on its own connections: three keep an IMAP target busy while it
-#: syncs each message to disk (README, "Usage").
+#: syncs each message to disk (`copy --help`; README, "Commands").
 DEFAULT_WORKERS = 3
 #: Reconnects after a dropped connection before a folder is given up.
 DEFAULT_RETRIES = 5
@@ -77,8 +77,6 @@ class JobOption:
     #: Bounds of a number on the command line.
     low: float | None = None
     high: float | None = None
-    #: Flag names on the command line beside --NAME (e.g. -q).
-    short: tuple[str, ...] = ()
 
     def problem(self, value: Any, label: str) -> str | None:
         """What is wrong with a value read from a manifest (``label`` names it), or None."""
