@@ -49,7 +49,7 @@ import tomllib
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -84,6 +84,7 @@ from migrator.options import (
     manifest_columns,
 )
 from migrator.profiles import ProfileCatalog
+from migrator.ui.text import plural
 
 #: Accounts at once on one server host, when neither --max-per-host nor a profile says.
 DEFAULT_PER_HOST = 4
@@ -754,27 +755,15 @@ class Ledger:
 
 def journal_finished(path: Path) -> bool:
     """True when the account's journal says its last run completed (status 'done')."""
-    journal = Journal.peek(path)
-    if journal is None:
-        return False
-    try:
-        return journal.last_run_done()
-    finally:
-        journal.close()
+    summary = Journal.summary(path)
+    return summary is not None and summary.finished
 
 
 def journal_copied(path: Path, batch: str) -> tuple[int, int] | None:
     """(messages, bytes) that reached the account's target during batch run ``batch``, by its
     journal (see Journal.copied_in); None when that run never began to copy it."""
-    journal = Journal.peek(path)
-    if journal is None:
-        return None
-    try:
-        return journal.copied_in(batch)
-    except (sqlite3.Error, ValueError, KeyError, TypeError):
-        return None
-    finally:
-        journal.close()
+    summary = Journal.summary(path, batch)
+    return None if summary is None else summary.copied
 
 
 # -- results -------------------------------------------------------------------------------------
@@ -1517,108 +1506,3 @@ def _connect(settings: BatchSettings) -> tuple[Any, Any]:
     except BaseException:
         cluster.close()
         raise
-
-
-# -- what the user reads -------------------------------------------------------------------------
-
-
-def plural(count: int, noun: str) -> str:
-    """'1 account', '2 accounts'."""
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
-
-
-def results_table(result: BatchResult) -> str:
-    """Per account: status, copied, skipped, failed, bytes, time; then each first error."""
-    from migrator.report import human_bytes, table
-
-    rows = [
-        [
-            a.name,
-            a.shown_status,
-            str(a.copied),
-            str(a.skipped),
-            str(a.failed),
-            human_bytes(a.bytes),
-            _duration(a.seconds) if a.ran else "-",
-        ]
-        for a in result.accounts
-    ]
-    rows.append(
-        [
-            "total",
-            f"{result.count(DONE)}/{len(result.accounts)} done",
-            str(result.total("copied")),
-            str(result.total("skipped")),
-            str(result.total("failed")),
-            human_bytes(result.total("bytes")),
-            _duration(result.seconds),
-        ]
-    )
-    head = ["account", "status", "copied", "skipped", "failed", "bytes", "time"]
-    text = table(head, rows, text_columns=2)
-    errors = [f"  {a.name}: {a.error}" for a in result.accounts if a.error and a.status in BAD]
-    if errors:
-        text += "\nfirst error per account:\n" + "\n".join(errors)
-    return text
-
-
-def results_json(result: BatchResult) -> dict[str, Any]:
-    """Per account as copy --json counts (copied, skipped, failed: messages); at the top, every
-    count says what it counts: accounts_* (accounts by status) or messages_*."""
-    return {
-        "accounts": [{**asdict(a), "seconds": round(a.seconds, 3)} for a in result.accounts],
-        "accounts_total": len(result.accounts),
-        "accounts_ran": result.ran,
-        "accounts_done": result.count(DONE),
-        "accounts_partial": result.count(PARTIAL),
-        "accounts_failed": result.count(FAILED),
-        "accounts_interrupted": result.count(INTERRUPTED),
-        "accounts_not_run": result.count(NOT_RUN),
-        "messages_copied": result.total("copied"),
-        "messages_skipped": result.total("skipped"),
-        "messages_failed": result.total("failed"),
-        "bytes": result.total("bytes"),
-        "interrupted": result.interrupted,
-        "seconds": round(result.seconds, 3),
-    }
-
-
-REPORT_COLUMNS = (
-    "name",
-    "source",
-    "target",
-    "status",
-    "ran",
-    "copied",
-    "skipped",
-    "failed",
-    "bytes",
-    "seconds",
-    "error",
-    "worker",
-    "journal",
-)
-
-
-def report_rows(result: BatchResult) -> Iterator[list[str]]:
-    yield list(REPORT_COLUMNS)
-    for a in result.accounts:
-        data = {**asdict(a), "seconds": f"{a.seconds:.3f}", "ran": "yes" if a.ran else "no"}
-        yield ["" if data[c] is None else str(data[c]) for c in REPORT_COLUMNS]
-
-
-def write_report(path: Path, result: BatchResult) -> None:
-    """The per-account table as CSV, for spreadsheets."""
-    try:
-        with open(path, "w", newline="", encoding="utf-8") as fh:
-            csv.writer(fh).writerows(report_rows(result))
-    except OSError as exc:
-        raise ConfigError(f"--report {path}: {exc.strerror}") from None

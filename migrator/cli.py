@@ -11,8 +11,6 @@ import json
 import os
 import signal
 import sys
-import threading
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
@@ -30,17 +28,18 @@ from typer.core import TyperGroup  # noqa: E402
 
 from migrator import __version__, options  # noqa: E402
 from migrator.errors import ConfigError, ExitStatus, MigratorError, did_you_mean  # noqa: E402
+from migrator.ui.console import err as _err  # noqa: E402
 
 if TYPE_CHECKING:
     from migrator.account import Side, Terminal
     from migrator.batch import Manifest
-    from migrator.engine import FolderStats
-    from migrator.folders import FolderMap, FolderPlan
+    from migrator.folders import FolderMap
     from migrator.model import Folder
     from migrator.oauth import Client, Endpoints, Tokens
     from migrator.options import CopyJob, RunSettings
     from migrator.profiles import OAuth2Settings
     from migrator.stores.base import Source, Target
+    from migrator.ui.report import FolderRow
 
 
 class _Commands(TyperGroup):
@@ -95,202 +94,6 @@ def _main(
     Example:
       migrator copy imaps://alice@old.example.org imaps://alice@new.example.org
     """
-
-
-# -- output ---------------------------------------------------------------------------------
-
-
-def _draws_bars() -> bool:
-    """Bars move the cursor: only on a terminal that can (TERM=dumb cannot; Emacs shells,
-    some CI consoles)."""
-    return sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
-
-
-def _err(text: str) -> None:
-    from migrator.scrub import scrub
-
-    sys.stderr.write(scrub(text.rstrip("\n")) + "\n")
-    sys.stderr.flush()
-
-
-class LineReporter:
-    """For logs and cron: one line per folder on stderr, no bars, no colour."""
-
-    def __init__(self, log_file: Path | None = None) -> None:
-        self._lock = threading.Lock()
-        self._log = _open_log(log_file) if log_file else None
-
-    def _write(self, text: str, to_stderr: bool = True) -> None:
-        from migrator.scrub import scrub
-
-        text = scrub(text)
-        with self._lock:
-            if to_stderr:
-                self._show(text)
-            if self._log is not None:
-                stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
-                self._log.write(f"{stamp} {text}\n")
-                self._log.flush()
-
-    def _show(self, text: str) -> None:
-        _err(text)
-
-    def planned(self, plans: Sequence[FolderPlan]) -> None:
-        pass
-
-    def folder_started(self, plan: FolderPlan, messages: int, nbytes: int) -> None:
-        pass
-
-    def advanced(self, plan: FolderPlan, messages: int, nbytes: int) -> None:
-        pass
-
-    def folder_finished(self, stats: FolderStats) -> None:
-        from migrator.report import human_bytes
-
-        p = stats.plan
-        line = (
-            f"{p.source_name} -> {p.target_name}: {stats.copied} copied, "
-            f"{stats.skipped} skipped, {stats.failed} failed, {human_bytes(stats.bytes)}"
-        )
-        if stats.deleted:
-            line += f", {stats.deleted} deleted from source"
-        if stats.error:
-            line += f" (folder error: {stats.error})"
-        self._write(line)
-        for msg_id, reason in stats.failures:
-            self._write(f"failed: {p.source_name} #{msg_id}: {reason}", to_stderr=False)
-
-    def notice(self, text: str) -> None:
-        self._write(f"migrator: {text}")
-
-    def close(self) -> None:
-        if self._log is not None:
-            self._log.close()
-
-
-class QuietReporter(LineReporter):
-    def _show(self, text: str) -> None:
-        pass
-
-
-class BarReporter(LineReporter):
-    """tqdm bars on a terminal: overall messages and bytes, and each folder being copied."""
-
-    def __init__(self, log_file: Path | None = None) -> None:
-        super().__init__(log_file)
-        from tqdm import tqdm
-
-        self._tqdm = tqdm
-        self._messages: Any = None
-        self._bytes: Any = None
-        self._folders: dict[int, Any] = {}
-        #: Per folder being copied: [bytes its listing announced, bytes actually written].
-        self._folder_bytes: dict[int, list[int]] = {}
-
-    def _show(self, text: str) -> None:
-        self._tqdm.write(text, file=sys.stderr)
-
-    @staticmethod
-    def _size() -> dict[str, Any]:
-        """Follow the terminal's width; one that reports no size gets 80 columns."""
-        try:
-            columns = os.get_terminal_size(sys.stderr.fileno()).columns
-        except OSError:
-            columns = 0
-        return {"dynamic_ncols": True} if columns else {"ncols": 80}
-
-    def planned(self, plans: Sequence[FolderPlan]) -> None:
-        with self._lock:
-            common = {**self._size(), "leave": True, "file": sys.stderr}
-            self._messages = self._tqdm(total=0, unit="msg", desc="messages", position=0, **common)
-            self._bytes = self._tqdm(
-                total=0,
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                desc="bytes   ",
-                position=1,
-                **common,
-            )
-
-    def folder_started(self, plan: FolderPlan, messages: int, nbytes: int) -> None:
-        with self._lock:
-            self._messages.total += messages
-            self._bytes.total += nbytes
-            self._folder_bytes[id(plan)] = [nbytes, 0]
-            self._messages.refresh()
-            self._bytes.refresh()
-            if messages:
-                self._folders[id(plan)] = self._tqdm(
-                    total=messages,
-                    unit="msg",
-                    desc=_shorten(plan.source_name, 20),
-                    position=2 + len(self._folders),
-                    leave=False,
-                    file=sys.stderr,
-                    **self._size(),
-                )
-
-    def advanced(self, plan: FolderPlan, messages: int, nbytes: int) -> None:
-        with self._lock:
-            self._messages.update(messages)
-            if plan_bytes := self._folder_bytes.get(id(plan)):
-                plan_bytes[1] += nbytes
-            if self._bytes.n + nbytes > self._bytes.total:  # bodies larger than listed
-                self._bytes.total = self._bytes.n + nbytes
-            self._bytes.update(nbytes)
-            bar = self._folders.get(id(plan))
-            if bar is not None:
-                bar.update(messages)
-
-    def folder_finished(self, stats: FolderStats) -> None:
-        with self._lock:
-            bar = self._folders.pop(id(stats.plan), None)
-            if bar is not None:
-                bar.close()
-            # The listing's sizes were an estimate (failed messages, line-end conversion,
-            # servers that count differently): a finished folder counts what was written, so
-            # the bytes bar ends at 100 % with the messages bar.
-            announced, written = self._folder_bytes.pop(id(stats.plan), (0, 0))
-            if self._bytes is not None and announced != written:
-                self._bytes.total = max(self._bytes.n, self._bytes.total - announced + written)
-                self._bytes.refresh()
-        # The folder's line goes to the log file only; the bars already showed it.
-        if self._log is not None:
-            super().folder_finished(stats)
-
-    def _write(self, text: str, to_stderr: bool = True) -> None:
-        if text.startswith("migrator: "):
-            super()._write(text, to_stderr)
-        else:
-            super()._write(text, to_stderr=False)
-
-    def close(self) -> None:
-        with self._lock:
-            for bar in [*self._folders.values(), self._messages, self._bytes]:
-                if bar is not None:
-                    bar.close()
-        super().close()
-
-
-def _open_log(path: Path) -> Any:
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    except OSError as exc:
-        raise ConfigError(f"--log-file {path}: {exc.strerror}") from None
-    return os.fdopen(fd, "a", encoding="utf-8")
-
-
-def _shorten(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def _reporter(quiet: bool, json_output: bool, log_file: Path | None) -> LineReporter:
-    if quiet or (json_output and not sys.stderr.isatty()):
-        return QuietReporter(log_file)
-    if _draws_bars():
-        return BarReporter(log_file)
-    return LineReporter(log_file)
 
 
 # -- building objects -----------------------------------------------------------------------
@@ -513,11 +316,12 @@ def _copy_command(
     """`copy`, and with ``mirror`` `sync` (registered below with their own help)."""
     with _errors(debug):
         from migrator.account import open_job, outcome
-        from migrator.report import copy_json, copy_table
+        from migrator.ui.progress import make_reporter
+        from migrator.ui.report import copy_json, copy_table
 
         job, settings = _job(source, target, given, mirror=mirror)
         opened = open_job(job, settings, state, _terminal())
-        reporter = _reporter(quiet, json_output, log_file)
+        reporter = make_reporter(quiet, json_output, log_file, os.environ.get("TERM"))
         try:
             summary = opened.run(reporter)
         finally:
@@ -622,7 +426,7 @@ def verify(
         from migrator.account import folder_map as make_folder_map
         from migrator.account import message_filter as make_message_filter
         from migrator.account import open_sides, option_label, profile_folders
-        from migrator.report import verify_json, verify_table
+        from migrator.ui.report import verify_json, verify_table
         from migrator.verify import BY, summary
         from migrator.verify import verify as run_verify
 
@@ -706,7 +510,7 @@ def folders(
     with _errors(debug):
         from migrator.account import folder_map as make_folder_map
         from migrator.account import job_side_of, option_label
-        from migrator.report import human_bytes, table
+        from migrator.ui.report import folders_table
 
         job, settings = _job(endpoint, target or "", given, one_endpoint=True)
         folder_map = make_folder_map(job, option_label)
@@ -725,35 +529,18 @@ def folders(
         if json_output:
             typer.echo(json.dumps({"folders": rows}, ensure_ascii=False))
             return
-        head = ["folder", "messages", "size", "use"] + (["target"] if target else [])
-        body = []
-        for r in rows:
-            line = [
-                r["folder"],
-                str(r["messages"]),
-                human_bytes(r["bytes"]),
-                (r["special_use"] or "").lstrip("\\")
-                or ("(no mail)" if not r["selectable"] else ""),
-            ]
-            if target:
-                line.append(r["target"] or "(not copied)")
-            body.append(line)
-        typer.echo(table(head, body))
-        total = sum(r["messages"] for r in rows)
-        typer.echo(
-            f"{len(rows)} folders, {total} messages, {human_bytes(sum(r['bytes'] for r in rows))}"
-        )
+        typer.echo(folders_table(rows, with_target=bool(target)))
 
 
 def _folder_rows(
     store: Source, listed: Sequence[Folder], folder_map: FolderMap, targets: Mapping[Any, str]
-) -> list[dict[str, Any]]:
+) -> list[FolderRow]:
     """What `folders` shows of each folder: its count and size (read from ``store``), special
     use, whether the job selects it, and where it would go (``targets``)."""
     from migrator.folders import special_use
     from migrator.model import display_name
 
-    rows: list[dict[str, Any]] = []
+    rows: list[FolderRow] = []
     for f in listed:
         selected = folder_map.selected(f)
         count = size = 0
@@ -802,7 +589,7 @@ def status(
         from migrator.account import default_state_path
         from migrator.checkpoint import Journal
         from migrator.endpoints import parse_endpoint
-        from migrator.report import status_data, status_text
+        from migrator.ui.report import status_data, status_text
 
         if state is None:
             if source is None or target is None:
@@ -853,9 +640,9 @@ def check(
         if json_output:
             typer.echo(json.dumps(dict(facts), ensure_ascii=False))
         else:
-            width = max(len(k) for k, _ in facts)
-            for key, value in facts:
-                typer.echo(f"{key.ljust(width)}  {value}")
+            from migrator.ui.report import facts_text
+
+            typer.echo(facts_text(facts))
 
 
 # -- profiles --------------------------------------------------------------------------------
@@ -886,34 +673,13 @@ def profiles_list(json_output: JsonOpt = False, debug: DebugOpt = False) -> None
     """
     with _errors(debug):
         from migrator.account import profile_catalog
+        from migrator.ui.report import profiles_json, profiles_text
 
         catalog = profile_catalog()
-        profiles = catalog.all()
-        user_dir = catalog.directories[-1]
         if json_output:
-            data = {
-                "profiles": [
-                    {"name": p.name, "description": p.description, "from": catalog.origin(p.name)}
-                    for p in profiles
-                ],
-                "user_directory": str(user_dir),
-            }
-            typer.echo(json.dumps(data, ensure_ascii=False))
-            return
-        width = max(len(p.name) for p in profiles) if profiles else 7
-        for p in profiles:
-            origin = catalog.origin(p.name)
-            mark = "" if origin == "shipped" else f" [{origin}]"
-            typer.echo(f"{p.name.ljust(width)}  {p.description}{mark}")
-        typer.echo(f"your own profiles: {user_dir}")
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return str(value)
-    return json.dumps(value, ensure_ascii=False)
+            typer.echo(json.dumps(profiles_json(catalog), ensure_ascii=False))
+        else:
+            typer.echo(profiles_text(catalog))
 
 
 @profiles_app.command("show")
@@ -932,27 +698,14 @@ def profiles_show(
     """
     with _errors(debug):
         from migrator.account import profile_catalog
+        from migrator.ui.report import profile_json, profile_text
 
         catalog = profile_catalog()
         profile = catalog.get(name)
-        shipped = catalog.directories[0]
         if json_output:
-            settings = [
-                {"key": s.key, "value": s.value, "source": s.source, "note": s.note}
-                for s in profile.settings
-            ]
-            data = {"name": profile.name, "from": catalog.origin(profile.name)}
-            typer.echo(json.dumps({**data, "settings": settings}, ensure_ascii=False))
-            return
-        typer.echo(f"profile {profile.name}: {profile.description}")
-        for path in profile.files:
-            kind = "shipped" if path.parent == shipped else "yours"
-            typer.echo(f"  {kind}: {path}")
-        for setting in profile.settings:
-            kind = "shipped" if Path(setting.source).parent == shipped else "yours"
-            typer.echo(f"{setting.key} = {_toml_value(setting.value)}  [{kind}]")
-            if setting.note:
-                typer.echo(f"    # {setting.note}")
+            typer.echo(json.dumps(profile_json(catalog, profile), ensure_ascii=False))
+        else:
+            typer.echo(profile_text(catalog, profile))
 
 
 # -- auth ------------------------------------------------------------------------------------
@@ -1081,144 +834,6 @@ def _sign_in(
 # -- batch -----------------------------------------------------------------------------------
 
 
-class BatchLines:
-    """For logs and cron: a line per finished account on stderr."""
-
-    def __init__(self, quiet: bool = False) -> None:
-        self.quiet = quiet
-        self.total = self.finished = 0
-
-    def _say(self, text: str) -> None:
-        if not self.quiet:
-            _err(text)
-
-    def planned(self, plan: Any, total: int) -> None:
-        from migrator.batch import plural
-
-        self.total = total
-        if plan.kept:
-            self._say(
-                f"migrator: {plural(total, 'account')} to run; {len(plan.kept)} left as "
-                f"{'it was' if len(plan.kept) == 1 else 'they were'} "
-                "(finished or failed before: --refresh, --retry-failed)"
-            )
-
-    def account_started(self, name: str, worker: str | None) -> None:
-        pass
-
-    def account_progress(
-        self, name: str, messages: int, messages_total: int, nbytes: int, bytes_total: int
-    ) -> None:
-        pass
-
-    def account_finished(self, result: Any) -> None:
-        from migrator.report import human_bytes
-
-        self.finished += 1
-        line = (
-            f"[{self.finished}/{self.total}] {result.name}: {result.status}, "
-            f"{result.copied} copied, {result.skipped} skipped, {result.failed} failed, "
-            f"{human_bytes(result.bytes)}, {result.seconds:.1f}s"
-        )
-        if result.error:
-            line += f" ({result.error})"
-        self._say(line)
-
-    def notice(self, text: str) -> None:
-        self._say(f"migrator: {text}")
-
-    def close(self) -> None:
-        pass
-
-
-class BatchBars(BatchLines):
-    """On a terminal: one overall bar (accounts done of total, bytes, ETA) and a bar per
-    running account."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        from tqdm import tqdm
-
-        self._tqdm = tqdm
-        self._overall: Any = None
-        self._bars: dict[str, Any] = {}
-        self._positions: dict[str, int] = {}
-        self._free: list[int] = []
-        self._bytes: dict[str, int] = {}
-        self._done_bytes = 0
-        self._started = time.monotonic()
-
-    def _show(self, text: str) -> None:
-        self._tqdm.write(text, file=sys.stderr)
-
-    def _say(self, text: str) -> None:
-        self._show(text)
-
-    def planned(self, plan: Any, total: int) -> None:
-        super().planned(plan, total)
-        self._overall = self._tqdm(
-            total=total,
-            unit="acct",
-            desc="accounts",
-            position=0,
-            file=sys.stderr,
-            **BarReporter._size(),
-        )
-
-    def _postfix(self) -> None:
-        from migrator.report import human_bytes
-
-        nbytes = self._done_bytes + sum(self._bytes.values())
-        rate = nbytes / max(time.monotonic() - self._started, 1e-6)
-        self._overall.set_postfix_str(f"{human_bytes(nbytes)}, {human_bytes(rate)}/s")
-
-    def account_started(self, name: str, worker: str | None) -> None:
-        if name in self._bars:
-            return
-        position = self._free.pop(0) if self._free else 1 + len(self._bars)
-        self._positions[name] = position
-        self._bars[name] = self._tqdm(
-            total=0,
-            unit="msg",
-            desc=_shorten(name, 24),
-            position=position,
-            leave=False,
-            file=sys.stderr,
-            **BarReporter._size(),
-        )
-
-    def account_progress(
-        self, name: str, messages: int, messages_total: int, nbytes: int, bytes_total: int
-    ) -> None:
-        if name not in self._bars:
-            self.account_started(name, None)
-        bar = self._bars[name]
-        bar.total = messages_total
-        bar.n = messages
-        bar.refresh()
-        self._bytes[name] = nbytes
-        self._postfix()
-
-    def account_finished(self, result: Any) -> None:
-        bar = self._bars.pop(result.name, None)
-        if bar is not None:
-            self._free.append(self._positions.pop(result.name))
-            self._free.sort()
-            bar.close()
-        self._bytes.pop(result.name, None)
-        self._done_bytes += result.bytes
-        self._overall.update(1)
-        self._postfix()
-        if result.error:
-            self._show(f"{result.name}: {result.status}: {result.error}")
-
-    def close(self) -> None:
-        for bar in self._bars.values():
-            bar.close()
-        if self._overall is not None:
-            self._overall.close()
-
-
 #: `batch`'s own options (those of its accounts' jobs are derived from options.py).
 _PerHostOpt = Annotated[
     int | None,
@@ -1300,11 +915,9 @@ def batch(
             BatchSettings,
             Selection,
             default_state_dir,
-            results_json,
-            results_table,
             run_batch,
-            write_report,
         )
+        from migrator.ui.batch import make_observer, results_json, results_table, write_report
 
         if not debug:
             _quiet_dask()
@@ -1317,11 +930,7 @@ def batch(
             run=options.settings_from_values(given),
             selection=Selection(retry_failed, only_failed, refresh),
         )
-        observer: BatchLines
-        if not quiet and _draws_bars():
-            observer = BatchBars()
-        else:
-            observer = BatchLines(quiet=quiet or json_output)
+        observer = make_observer(quiet, json_output, os.environ.get("TERM"))
         try:
             result = run_batch(loaded, settings, observer)
         finally:

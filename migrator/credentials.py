@@ -1,4 +1,4 @@
-"""Where a side's password comes from, first found wins (SPEC.md "Credentials"):
+"""Where a side's password comes from, first found wins (README "Endpoints", **Passwords**):
 the environment, a password file, a password command, the system keyring, a hidden prompt.
 
 The result is a callable: stores call it at each login, so a secret is never an argument on a

@@ -171,7 +171,7 @@ class Target(Store):
         without error means the message is durably in the target."""
         raise NotImplementedError
 
-    # -- later passes (see SPEC "Passes converge"); a store without them keeps what it holds --
+    # -- later passes (README "A migration with a cutover"); a store without them keeps all --
 
     #: True when the flags of a stored message can be changed (IMAP STORE, a Maildir file's
     #: name), and stored messages removed and moved (what `sync` needs).

@@ -1,4 +1,5 @@
 """What the mbox and Maildir stores share: private files, fsync, locks, folder names, dates.
+(Header parsing, for these and every other store, is migrator.headers.)
 
 Kept free of either format so each store module reads as its format alone. Files and directories
 are created with explicit modes (0600/0700) through os.open/os.mkdir, never left to the umask,
@@ -13,14 +14,14 @@ import os
 import re
 import socket
 import time
-from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime, timedelta, timezone
-from email.utils import parsedate_tz
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 from imapclient import imap_utf7
 
-from migrator.errors import StoreError
+from migrator.errors import ConfigError, StoreError
+from migrator.headers import header_and_blank_line
 from migrator.model import FolderPath
 
 FILE_MODE = 0o600
@@ -30,6 +31,10 @@ DIR_MODE = 0o700
 LOCK_TIMEOUT = 30.0
 #: A dotlock untouched for this long is left over from a crash (Dovecot uses 2-5 minutes).
 DOTLOCK_STALE_SECONDS = 300.0
+#: How often a writer looks again at a lock another program holds.
+LOCK_POLL_SECONDS = 0.05
+#: Bytes of a dotlock read for its "<pid>:<host>" line.
+_DOTLOCK_TEXT = 64
 
 #: Usual names of special-use folders, for stores that have no flags on disk (RFC 6154).
 _SPECIAL_NAMES = {
@@ -50,6 +55,34 @@ def special_use_by_name(path: FolderPath) -> str | None:
             if name in names:
                 return use
     return None
+
+
+def storable_keywords(flags: Iterable[str]) -> list[str]:
+    """The keywords a file can name (mbox X-Keywords, Maildir dovecot-keywords): no whitespace
+    in them, no system flags, in a stable order."""
+    return sorted(
+        k for k in flags if k and not k.startswith("\\") and not any(c.isspace() for c in k)
+    )
+
+
+def check_root(path: Path, label: str, *, create: bool, file_ok: bool) -> None:
+    """At connect, a ConfigError the user can act on when the archive's root cannot serve: not a
+    directory (nor a file, when ``file_ok``), not readable, or missing while ``create`` is off."""
+    if path.exists():
+        if path.is_dir():
+            mode = os.R_OK | os.X_OK
+        elif file_ok and path.is_file():
+            mode = os.R_OK
+        else:
+            raise ConfigError(
+                f"{label}: not a file or a directory" if file_ok else f"{label}: not a directory"
+            )
+        if not os.access(path, mode):
+            raise ConfigError(f"{label}: permission denied; check the owner and mode")
+    elif not create:
+        raise ConfigError(
+            f"{label}: no such file or directory" if file_ok else f"{label}: no such directory"
+        )
 
 
 # -- folder names on disk ---------------------------------------------------------------------
@@ -115,6 +148,10 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[written:]
 
 
+#: Parts per writev: IOV_MAX on Linux and the BSDs.
+_IOV_MAX = 1024
+
+
 def write_parts(fd: int, parts: Sequence[bytes]) -> None:
     """Write the parts one after another in as few system calls as the kernel allows, without
     first joining them into one more copy."""
@@ -165,7 +202,7 @@ def pid_alive(pid: int) -> bool:
 def _dotlock_stale(lock: Path) -> bool:
     try:
         st = lock.stat()
-        text = lock.read_bytes()[:64]
+        text = lock.read_bytes()[:_DOTLOCK_TEXT]
     except FileNotFoundError:
         return True
     except OSError:
@@ -201,7 +238,7 @@ def dotlock(target: Path, timeout: float = LOCK_TIMEOUT) -> Iterator[bool]:
                     "close the mail client using it or remove a stale lock file",
                     transient=True,
                 ) from None
-            time.sleep(0.05)
+            time.sleep(LOCK_POLL_SECONDS)
             continue
         except PermissionError:
             yield False
@@ -235,7 +272,7 @@ def fcntl_lock(fd: int, target: Path, timeout: float = LOCK_TIMEOUT) -> None:
                     f"{target}: locked by another program; close the mail client using it",
                     transient=True,
                 ) from None
-            time.sleep(0.05)
+            time.sleep(LOCK_POLL_SECONDS)
 
 
 def fcntl_unlock(fd: int) -> None:
@@ -245,55 +282,10 @@ def fcntl_unlock(fd: int) -> None:
         fcntl.lockf(fd, fcntl.LOCK_UN)
 
 
-# -- message headers and dates ----------------------------------------------------------------
+# -- message text and dates -------------------------------------------------------------------
 
-_HEADER_END = re.compile(rb"\r?\n\r?\n")
-#: Parts per writev: IOV_MAX on Linux and the BSDs.
-_IOV_MAX = 1024
-
-
-def header_block(data: bytes) -> bytes:
-    """The header of a message, up to the empty line (all of it when there is none)."""
-    match = _HEADER_END.search(data)
-    if data.startswith((b"\n", b"\r\n")):
-        return b""
-    return data[: match.end()] if match else data
-
-
-def _fields(header: bytes) -> Iterator[tuple[bytes, bytes]]:
-    """(lower-case name, unfolded value) for each field of a header block."""
-    unfolded = re.sub(rb"\r?\n[ \t]+", b" ", header)
-    for line in unfolded.splitlines():
-        name, sep, value = line.partition(b":")
-        if sep and name and not name[:1].isspace():
-            yield name.strip().lower(), value.strip()
-
-
-def _parse_rfc_date(value: bytes) -> datetime | None:
-    parsed = parsedate_tz(value.decode("ascii", "replace"))
-    if parsed is None:
-        return None
-    try:
-        offset = parsed[9] or 0
-        naive = datetime(*parsed[:6])  # type: ignore[misc]
-        return naive.replace(tzinfo=timezone(timedelta(seconds=offset)))
-    except (ValueError, OverflowError, TypeError):
-        return None
-
-
-def date_from_headers(header: bytes) -> datetime | None:
-    """A stand-in INTERNALDATE (SPEC, Fidelity): the newest Received date, else the Date field."""
-    newest: datetime | None = None
-    date_field: datetime | None = None
-    for name, value in _fields(header):
-        if name == b"received":
-            _, _, when = value.rpartition(b";")
-            parsed = _parse_rfc_date(when)
-            if parsed is not None and (newest is None or parsed > newest):
-                newest = parsed
-        elif name == b"date" and date_field is None:
-            date_field = _parse_rfc_date(value)
-    return newest or date_field
+#: The header cut mbox and Maildir have always made (migrator.headers says why it stays).
+header_block = header_and_blank_line
 
 
 def to_lf(data: bytes) -> bytes:

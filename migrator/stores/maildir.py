@@ -22,104 +22,66 @@ Reading. Files in new/ and cur/ whose name starts with '.' and anything that is 
 are skipped; a file whose name is not a delivery name (``<digits>.…``) and whose content does not
 start like a message (a header field or a From_ line) is listed and reported as a failed message,
 never copied as mail and never touched. tmp/ is never read.
+
+Modules. maildirtree.py holds the names (folders, message files and their flags), the keywords
+file and the listing; this module is the store: reading, delivering, renaming, recovering.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import re
-import time
 from collections.abc import Container, Iterable, Iterator, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
-from typing import BinaryIO
 
-from migrator.errors import ConfigError, FolderError, MessageError, StoreError
-from migrator.model import (
-    INBOX,
-    UNCOPIED_FLAGS,
-    Folder,
-    FolderPath,
-    FolderState,
-    MessageRef,
-    crlf_size,
-    message_key,
-)
+from migrator.errors import FolderError, MessageError, StoreError
+from migrator.headers import header_and_blank_line, message_date
+from migrator.model import INBOX, Folder, FolderPath, FolderState, MessageRef, crlf_size
 from migrator.stores.base import AppendResult, FlagChange, Source, Target
 from migrator.stores.localfiles import (
     FILE_MODE,
     LOCK_TIMEOUT,
-    date_from_headers,
-    decode_level,
-    dotlock,
+    check_root,
     encode_level,
     fsync_dir,
-    header_block,
     hostname_for_filename,
     make_private_dirs,
     os_reason,
     pid_alive,
-    special_use_by_name,
+    storable_keywords,
     to_lf,
     utc_now,
     write_all,
-    write_private_file,
+)
+from migrator.stores.maildirtree import (
+    EPOCH,
+    info_flags,
+    info_letters,
+    keyword_letters,
+    list_tree,
+    message_files,
+    message_ref,
+    read_keywords,
+    split_name,
+    unique_name,
 )
 
+#: Names the id scheme (file names up to ':'), so a future scheme does not match old journal rows.
 VALIDITY = "maildir-1"
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-KEYWORDS_FILE = "dovecot-keywords"
 SUBDIRS = ("cur", "new", "tmp")
-
-#: System flags and their letters in the ":2," info, as Dovecot and mutt write them.
-FLAG_LETTERS = {"\\Draft": "D", "\\Flagged": "F", "\\Answered": "R", "\\Seen": "S"}
-LETTER_FLAGS = {letter: flag for flag, letter in FLAG_LETTERS.items()} | {"T": "\\Deleted"}
-_SIZE = re.compile(r",W=(\d+)")
-_LOOKS_LIKE_MAIL = re.compile(rb"^(From |[!-9;-~]+[ \t]*:)")
-#: Delivery names start with the time: "1700000000.M1P2Q3.host", "1700000000.12345_1.host".
-_DELIVERY_NAME = re.compile(r"^\d+\.")
 _OUR_TMP = re.compile(r"^\d+\.M\d+P(\d+)Q\d+\.(.+?),S=")
-_counter = itertools.count(1)
 
-
-def split_name(name: str) -> tuple[str, str]:
-    """(unique base, info after ':2,'); the info is empty for a file without flags."""
-    base, sep, info = name.partition(":")
-    return base, info[2:] if sep and info.startswith("2,") else ""
-
-
-def info_flags(info: str, letters: dict[str, str]) -> frozenset[str]:
-    """Flags from the ':2,' letters; lower-case letters are keywords through ``letters``."""
-    flags = {LETTER_FLAGS[c] for c in info if c in LETTER_FLAGS}
-    flags.update(letters[c] for c in info if c.islower() and c in letters)
-    return frozenset(flags)
-
-
-def read_keywords(folder: Path) -> dict[str, str]:
-    """letter -> keyword, from Dovecot's ``dovecot-keywords`` ("<index> <keyword>" lines)."""
-    try:
-        text = (folder / KEYWORDS_FILE).read_text("utf-8", "replace")
-    except OSError:
-        return {}
-    letters: dict[str, str] = {}
-    for line in text.splitlines():
-        number, _, keyword = line.partition(" ")
-        if number.isdigit() and int(number) < 26 and keyword:
-            letters[chr(ord("a") + int(number))] = keyword
-    return letters
-
-
-def unique_name(size: int, vsize: int) -> str:
-    """A new file name in Dovecot's form, unique by time, pid and a per-process counter."""
-    now = time.time()
-    seconds = int(now)
-    micro = int((now - seconds) * 1_000_000)
-    return (
-        f"{seconds}.M{micro}P{os.getpid()}Q{next(_counter)}.{hostname_for_filename()}"
-        f",S={size},W={vsize}"
-    )
+#: Importable from here as they were before maildirtree.py.
+__all__ = [
+    "VALIDITY",
+    "FolderState",
+    "MaildirStore",
+    "hostname_for_filename",
+    "info_flags",
+    "split_name",
+]
 
 
 class MaildirStore(Source, Target):
@@ -143,43 +105,13 @@ class MaildirStore(Source, Target):
     # -- connecting and folders ------------------------------------------------------------
 
     def connect(self) -> None:
-        path = self.path
-        if path.exists():
-            if not path.is_dir():
-                raise ConfigError(f"{self.label}: not a directory")
-            if not os.access(path, os.R_OK | os.X_OK):
-                raise ConfigError(f"{self.label}: permission denied; check the owner and mode")
-        elif not self.create:
-            raise ConfigError(f"{self.label}: no such directory")
+        check_root(self.path, self.label, create=self.create, file_ok=False)
 
     def close(self) -> None:
         pass
 
     def list_folders(self) -> list[Folder]:
-        if not self.path.is_dir():
-            return []
-        selectable: set[FolderPath] = set()
-        if (self.path / "cur").is_dir():
-            selectable.add(INBOX)
-        try:
-            entries = list(os.scandir(self.path))
-        except OSError as exc:
-            raise StoreError(f"{self.label}: cannot list: {os_reason(exc)}") from None
-        for entry in entries:
-            name = entry.name
-            if not name.startswith(".") or name in (".", ".."):
-                continue
-            levels = name[1:].split(".")
-            if any(not level for level in levels):
-                continue
-            with contextlib.suppress(OSError):
-                if entry.is_dir() and os.path.isdir(os.path.join(entry.path, "cur")):
-                    selectable.add(tuple(decode_level(level) for level in levels))
-        paths = {p[:depth] for p in selectable for depth in range(1, len(p) + 1)}
-        return [
-            Folder(p, special_use_by_name(p) if p in selectable else None, p in selectable)
-            for p in sorted(paths)
-        ]
+        return list_tree(self.path, self.label)
 
     def _dir(self, path: FolderPath) -> Path:
         if path == INBOX:
@@ -204,7 +136,7 @@ class MaildirStore(Source, Target):
         folder = self._existing(path)
         letters = read_keywords(folder)
         return (
-            self._ref(folder, sub, name, letters)
+            message_ref(folder, sub, name, letters)
             for sub, name in self._files(folder)
             if split_name(name)[0] not in skip
         )
@@ -259,54 +191,10 @@ class MaildirStore(Source, Target):
         return folder
 
     def _files(self, folder: Path) -> Iterator[tuple[str, str]]:
-        """(sub-directory, file name) of each message file, new/ first, in name order."""
-        seen: set[str] = set()
-        for sub in ("new", "cur"):
-            try:
-                entries = sorted(os.scandir(folder / sub), key=lambda e: e.name)
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                raise FolderError(
-                    f"{self.label}: cannot list {folder / sub}: {os_reason(exc)}"
-                ) from None
-            for entry in entries:
-                if entry.name.startswith("."):
-                    continue
-                try:
-                    if not entry.is_file():
-                        continue
-                except OSError:
-                    continue
-                base = split_name(entry.name)[0]
-                if base not in seen:
-                    seen.add(base)
-                    yield sub, entry.name
+        return message_files(folder, self.label)
 
     def _locate(self, folder: Path) -> dict[str, str]:
         return {split_name(name)[0]: f"{sub}/{name}" for sub, name in self._files(folder)}
-
-    def _ref(self, folder: Path, sub: str, name: str, letters: dict[str, str]) -> MessageRef:
-        base, info = split_name(name)
-        file = folder / sub / name
-        extra = {"file": f"{sub}/{name}"}
-        flags = info_flags(info, letters) if sub == "cur" else frozenset()
-        try:
-            mtime_ns = file.stat().st_mtime_ns
-            date: datetime | None = EPOCH + timedelta(microseconds=mtime_ns // 1000)
-            sized = _SIZE.search(base)
-            with open(file, "rb") as handle:
-                data = handle.read() if sized is None else _read_header(handle)
-        except OSError as exc:
-            extra["error"] = f"cannot read {file}: {os_reason(exc)}"
-            return MessageRef(base, 0, flags, None, "", extra)
-        size = int(sized[1]) if sized else crlf_size(data)
-        if not _DELIVERY_NAME.match(name) and not _LOOKS_LIKE_MAIL.match(data):
-            extra["error"] = (
-                f"{file} does not look like a message (no header field at its start); "
-                "it was left in place"
-            )
-        return MessageRef(base, size, flags, date, message_key(header_block(data), size), extra)
 
     @staticmethod
     def _read(file: Path) -> bytes | MessageError | None:
@@ -342,7 +230,7 @@ class MaildirStore(Source, Target):
         return [
             ref.key
             for sub, name in self._files(folder)
-            if not (ref := self._ref(folder, sub, name, {})).extra.get("error")
+            if not (ref := message_ref(folder, sub, name, {})).extra.get("error")
         ]
 
     def append(
@@ -353,12 +241,12 @@ class MaildirStore(Source, Target):
         folder = self._dir(path)
         if not (folder / "cur").is_dir():
             self.ensure_folder(path)
-        wanted = sorted({k for ref, _ in items for k in _keywords(ref.flags)})
+        wanted = sorted({k for ref, _ in items for k in storable_keywords(ref.flags)})
         try:
-            letters = self._letters(folder, wanted) if wanted else {}
+            letters = self._keyword_letters(folder, wanted) if wanted else {}
             results: list[AppendResult] = []
             for ref, data in items:
-                missing = [k for k in _keywords(ref.flags) if k not in letters]
+                missing = [k for k in storable_keywords(ref.flags) if k not in letters]
                 if missing:
                     results.append(
                         AppendResult(
@@ -388,37 +276,14 @@ class MaildirStore(Source, Target):
                 tmp.unlink()
             raise
         os.close(fd)
-        date = ref.date or date_from_headers(header_block(content)) or utc_now()
+        date = ref.date or message_date(header_and_blank_line(content)) or utc_now()
         stamp = (date - EPOCH) // timedelta(microseconds=1) * 1000  # exact, unlike float seconds
         os.utime(tmp, ns=(stamp, stamp))
-        final = folder / "cur" / f"{base}:2,{_info(ref.flags, letters)}"
+        final = folder / "cur" / f"{base}:2,{info_letters(ref.flags, letters)}"
         if final.exists():
             raise FileExistsError(f"{final} already exists")
         os.rename(tmp, final)
         return base
-
-    def _letters(self, folder: Path, wanted: Sequence[str]) -> dict[str, str]:
-        """keyword -> letter for ``wanted``, adding new ones to dovecot-keywords (under its
-        dotlock, written atomically) before any message uses them."""
-        file = folder / KEYWORDS_FILE
-        with dotlock(file, self.lock_timeout):
-            letters = read_keywords(folder)
-            by_keyword = {keyword: letter for letter, keyword in letters.items()}
-            free = [chr(c) for c in range(ord("a"), ord("z") + 1) if chr(c) not in letters]
-            added = False
-            for keyword in wanted:
-                if keyword not in by_keyword and free:
-                    letter = free.pop(0)
-                    by_keyword[keyword] = letter
-                    letters[letter] = keyword
-                    added = True
-            if added:
-                lines = "".join(
-                    f"{ord(letter) - ord('a')} {keyword}\n"
-                    for letter, keyword in sorted(letters.items())
-                )
-                write_private_file(file, lines.encode("utf-8"))
-        return by_keyword
 
     def recover(self, path: FolderPath, point: str | None) -> None:
         """Remove tmp/ files a killed run of ours left behind (never another program's)."""
@@ -448,13 +313,13 @@ class MaildirStore(Source, Target):
         folder = self._dir(path)
         if not (folder / "cur").is_dir():
             return []
-        refs = (self._ref(folder, sub, name, {}) for sub, name in self._files(folder))
+        refs = (message_ref(folder, sub, name, {}) for sub, name in self._files(folder))
         return [(ref.id, ref.key) for ref in refs if not ref.extra.get("error")]
 
     def update_flags(self, path: FolderPath, changes: Sequence[FlagChange]) -> None:
         """Rename each file to carry its new flags in the info suffix (into cur/)."""
         folder = self._existing(path)
-        wanted = sorted({k for change in changes for k in _keywords(change.add)})
+        wanted = sorted({k for change in changes for k in storable_keywords(change.add)})
         try:
             letters = self._keyword_letters(folder, wanted)
             by_letter = {letter: keyword for keyword, letter in letters.items()}
@@ -468,7 +333,7 @@ class MaildirStore(Source, Target):
                     old = (
                         info_flags(split_name(name)[1], by_letter) if sub == "cur" else frozenset()
                     )
-                    info = _info((old | change.add) - change.remove, letters)
+                    info = info_letters((old | change.add) - change.remove, letters)
                     os.rename(folder / rel, folder / "cur" / f"{target_id}:2,{info}")
             for sub in SUBDIRS:
                 fsync_dir(folder / sub)
@@ -476,10 +341,7 @@ class MaildirStore(Source, Target):
             raise StoreError(f"{self.label}: cannot rename in {folder}: {os_reason(exc)}") from None
 
     def _keyword_letters(self, folder: Path, wanted: Sequence[str]) -> dict[str, str]:
-        """keyword -> letter of the folder, with ``wanted`` added (see _letters)."""
-        if wanted:
-            return self._letters(folder, wanted)
-        return {keyword: letter for letter, keyword in read_keywords(folder).items()}
+        return keyword_letters(folder, wanted, self.lock_timeout)
 
     def remove(self, path: FolderPath, ids: Sequence[str]) -> None:
         self.delete(path, ids)
@@ -500,10 +362,12 @@ class MaildirStore(Source, Target):
                 flags = info_flags(split_name(name)[1], by_letter) if sub == "cur" else frozenset()
                 moving.append((target_id, rel, flags))
         try:
-            wanted = sorted({k for _, _, flags in moving for k in _keywords(flags)})
+            wanted = sorted({k for _, _, flags in moving for k in storable_keywords(flags)})
             letters = self._keyword_letters(into, wanted)
             for target_id, rel, flags in moving:
-                os.rename(folder / rel, into / "cur" / f"{target_id}:2,{_info(flags, letters)}")
+                os.rename(
+                    folder / rel, into / "cur" / f"{target_id}:2,{info_letters(flags, letters)}"
+                )
             if moving:
                 fsync_dir(into / "cur")
                 for sub in SUBDIRS:
@@ -512,29 +376,3 @@ class MaildirStore(Source, Target):
             raise StoreError(f"{self.label}: cannot move into {into}: {os_reason(exc)}") from None
         done = {target_id for target_id, _, _ in moving}
         return [target_id if target_id in done else None for target_id in ids]
-
-
-def _info(flags: Iterable[str], letters: dict[str, str]) -> str:
-    """The info letters of ``flags`` (keywords by the folder's dovecot-keywords letters)."""
-    kept = set(flags) - UNCOPIED_FLAGS
-    info = "".join(sorted(FLAG_LETTERS[f] for f in kept if f in FLAG_LETTERS))
-    return info + "".join(sorted(letters[k] for k in _keywords(kept) if k in letters))
-
-
-def _keywords(flags: Iterable[str]) -> list[str]:
-    """Keywords that fit a dovecot-keywords line (no whitespace), in a stable order."""
-    return sorted(
-        f for f in flags if f and not f.startswith("\\") and not any(c.isspace() for c in f)
-    )
-
-
-def _read_header(handle: BinaryIO) -> bytes:
-    """The start of a message up to its empty line, read in small steps."""
-    data = b""
-    while True:
-        chunk = handle.read(16384)
-        if not chunk:
-            return data
-        data += chunk
-        if b"\n\n" in data or b"\r\n\r\n" in data:
-            return data

@@ -42,19 +42,16 @@ from migrator.batch import (
     load_manifest,
     next_ready,
     plan,
-    report_rows,
-    results_json,
-    results_table,
     run_account,
     run_batch,
     stop_accounts,
-    write_report,
 )
 from migrator.checkpoint import Commit, Journal
 from migrator.endpoints import ServerEndpoint
 from migrator.engine import RunSummary
 from migrator.errors import ConfigError
 from migrator.model import MessageRef
+from migrator.ui.batch import report_rows, results_json, results_table, write_report
 from tests.unit.account_helpers import load_profile, resolve_secret
 
 SAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sample.mbox"
@@ -748,8 +745,9 @@ def test_copied_counts_every_attempt_and_the_appends_a_dead_worker_left_in_doubt
 
 
 def test_counts_in_words_take_the_right_plural(capsys):
-    from migrator.batch import Plan, plural
-    from migrator.cli import BatchLines
+    from migrator.batch import Plan
+    from migrator.ui.batch import BatchLines
+    from migrator.ui.text import plural
 
     assert plural(1, "account") == "1 account" and plural(0, "account") == "0 accounts"
     kept = AccountResult("k", "s", "t", DONE, ran=False)

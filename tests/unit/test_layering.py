@@ -48,7 +48,7 @@ def test_engine_and_core_never_name_a_concrete_store_or_print():
     for name in (
         "engine.py",
         "converge.py",
-        "checkpoint.py",
+        *(f"checkpoint/{p.name}" for p in (PACKAGE / "checkpoint").glob("*.py")),
         "folders.py",
         "filters.py",
         "model.py",
@@ -59,6 +59,17 @@ def test_engine_and_core_never_name_a_concrete_store_or_print():
             m.startswith("migrator.stores.") and m != "migrator.stores.base" for m in used
         )
         assert "print(" not in source and "typer" not in source and "tqdm" not in source
+
+
+def test_the_ui_only_presents():
+    """migrator/ui/ turns results into text: the CLI calls it, it never calls the CLI or typer,
+    and the rest of the package (stores, engine, batch) may import only its pure ui.text."""
+    for path in (PACKAGE / "ui").glob("*.py"):
+        assert not imports(path) & {"migrator.cli", "typer", "click"}, path
+    for path in PACKAGE.rglob("*.py"):
+        if path.parent.name != "ui" and path.name != "cli.py":
+            used = {m for m in imports(path) if m.startswith("migrator.ui")}
+            assert used <= {"migrator.ui.text"}, (path, used)
 
 
 #: Library functions allowed to read the environment, each by name. account.recipe_env reads the

@@ -278,6 +278,22 @@ def test_message_without_date_takes_its_headers_date(tmp_path: Path) -> None:
     assert ref.date == datetime(2024, 1, 1, tzinfo=UTC)
 
 
+def test_message_without_date_takes_its_topmost_received_date(tmp_path: Path) -> None:
+    """The one stand-in INTERNALDATE rule (migrator.headers): the topmost Received header,
+    not the latest date among them."""
+    store = store_at(tmp_path)
+    message = crlf(
+        "Received: by mx; Tue, 02 Jan 2024 10:00:00 +0000",
+        "Received: by relay-with-a-wrong-clock; Fri, 01 Jan 2038 00:00:00 +0000",
+        "Date: Mon, 01 Jan 2024 00:00:00 +0000",
+        "",
+        "x",
+    )
+    store.append(INBOX, [(ref_for(message), message)])
+    [(ref, _)] = read_all(store, INBOX)
+    assert ref.date == datetime(2024, 1, 2, 10, tzinfo=UTC)
+
+
 def test_recover_removes_only_our_dead_tmp_files(tmp_path: Path) -> None:
     store = store_at(tmp_path)
     store.ensure_folder(INBOX)

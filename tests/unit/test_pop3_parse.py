@@ -12,20 +12,22 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from migrator.scrub import forget_all, remember
-from migrator.stores.pop3 import (
-    _scrub,
-    _Wire,
-    apop_digest,
+from migrator.headers import (
     header_block,
     header_digest,
     header_fields_ordered,
     message_date,
+    received_date,
+)
+from migrator.scrub import forget_all, remember
+from migrator.stores.pop3wire import (
+    Wire,
+    apop_digest,
     parse_capa,
     parse_list,
     parse_uidl,
-    received_date,
     sasl_plain,
+    server_said,
     unstuff,
 )
 
@@ -110,7 +112,7 @@ def test_body_reads_exactly_one_answer_as_the_line_by_line_reading_did(
     the next pipelined answer where it was, whatever the buffer size cuts through."""
     stream = b"".join(lines) + b".\r\n+OK next\r\n"
     file = io.BufferedReader(io.BytesIO(stream), buffer_size=buffer)  # type: ignore[arg-type]
-    wire = _Wire(SimpleNamespace(file=file))  # type: ignore[arg-type]
+    wire = Wire(SimpleNamespace(file=file))  # type: ignore[arg-type]
     assert wire.body() == unstuff(lines)
     assert file.read() == b"+OK next\r\n"
 
@@ -234,12 +236,12 @@ def test_scrub_never_shows_the_password_and_stays_one_line(
 ) -> None:
     forget_all()  # other tests remembered theirs
     remember(secret)  # as credentials.py does when it reads it
-    assert _scrub(text) == shown
+    assert server_said(text) == shown
 
 
 def test_a_retr_may_bring_twice_its_list_size_and_never_more_than_the_largest_message():
     from migrator.stores.base import LARGEST_MESSAGE
-    from migrator.stores.pop3 import retr_limit
+    from migrator.stores.pop3wire import retr_limit
 
     assert retr_limit(120) == 240 + 64 * 1024
     assert retr_limit(-5) == 64 * 1024
@@ -247,9 +249,9 @@ def test_a_retr_may_bring_twice_its_list_size_and_never_more_than_the_largest_me
 
 
 def test_a_multiline_answer_past_its_limit_is_cut_off_unread():
-    from migrator.stores.pop3 import _TooLong
+    from migrator.stores.pop3wire import TooLong
 
     conn = SimpleNamespace(file=io.BufferedReader(io.BytesIO(b"y" * 500_000 + b"\r\n.\r\n")))
-    with pytest.raises(_TooLong):
-        _Wire(conn).body(limit=100_000)  # type: ignore[arg-type]
+    with pytest.raises(TooLong):
+        Wire(conn).body(limit=100_000)  # type: ignore[arg-type]
     assert conn.file.tell() <= 100_000 + 8192
