@@ -2,10 +2,13 @@
 `check` reach an endpoint (its provider profile, its login, its TLS), what a profile changes in a
 copy, and the copy itself, for `migrator copy` and for every account of `migrator batch`.
 
-A :class:`CopyJob` holds only strings, numbers and tuples, and a :class:`SecretRecipe` says where a
-password or an OAuth2 token is found, never the secret: both can be pickled and sent to a Dask
-worker, which turns the recipe into a secret only there (``run_job``). ``run_copy`` is the
-journal's lifecycle around one engine run, shared with the CLI's ``copy``.
+A :class:`CopyJob` (declared in migrator.options) holds only strings, numbers and tuples, and a
+:class:`SecretRecipe` says where a password or an OAuth2 token is found, never the secret: both
+can be pickled and sent to a Dask worker, which turns the recipe into a secret only there.
+`copy`, `sync` and every batch account run a job the same way: :func:`open_job` (options, sides,
+secrets, profiles; with a :class:`Terminal` for a command typed by a user), then
+:meth:`OpenedJob.run` (:func:`run_copy`: the journal's lifecycle around one engine run);
+:func:`run_job` is the two.
 
 Library code: nothing here prints, exits or reads the environment. The caller passes the
 environment in (the CLI its own ``os.environ``), and warnings come back as notices to show. The one
@@ -19,14 +22,14 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from migrator.checkpoint import Journal
-from migrator.credentials import SecretSources, choose_login, env_name, secret_provider
+from migrator.credentials import SecretSources, choose_login, env_name
 from migrator.endpoints import (
     AccessOptions,
     Endpoint,
@@ -42,91 +45,20 @@ from migrator.engine import CopyOptions, Engine, Reporter, RunSummary
 from migrator.errors import ConfigError, closest
 from migrator.filters import MessageFilter, parse_age, parse_date, parse_size
 from migrator.folders import FolderMap
+from migrator.options import DEFAULT_TIMEOUT
+
+# Declared in migrator.options; named here too, for the batch and the tests.
+from migrator.options import CopyJob as CopyJob
+from migrator.options import RunSettings as RunSettings
+from migrator.options import SecretRecipe as SecretRecipe
+from migrator.options import parse_flags as parse_flags
+from migrator.options import parse_renames as parse_renames
 from migrator.profiles import Profile, ProfileCatalog, folder_adjustments, load_catalog
 from migrator.ratelimit import ByteBudgets, DailyBudget, TokenBucket
 from migrator.rules import MessageRules
 from migrator.stores.base import Source, Target
 
-SYSTEM_FLAGS = {
-    "seen": "\\Seen",
-    "answered": "\\Answered",
-    "flagged": "\\Flagged",
-    "draft": "\\Draft",
-}
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-@dataclass(frozen=True)
-class SecretRecipe:
-    """How one side logs in, first found wins as for `copy`: an OAuth2 access token printed by
-    ``oauth2_token_cmd``; a password from the environment variable named ``env``, the file
-    ``file``, the output of ``cmd``; the sign-in `migrator auth login` stored; the system
-    keyring."""
-
-    env: str | None = None
-    file: str | None = None
-    cmd: str | None = None
-    keyring: bool = False
-    oauth2_token_cmd: str | None = None
-
-    @property
-    def given(self) -> bool:
-        return bool(self.env or self.file or self.cmd or self.keyring or self.oauth2_token_cmd)
-
-
-@dataclass(frozen=True)
-class CopyJob:
-    """Everything that defines one account's copy, as plain picklable values (the manifest's
-    row, or the `copy` command's options)."""
-
-    source: str
-    target: str
-    source_secret: SecretRecipe = field(default_factory=SecretRecipe)
-    target_secret: SecretRecipe = field(default_factory=SecretRecipe)
-    source_ca_file: str | None = None
-    target_ca_file: str | None = None
-    folder: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-    map: tuple[str, ...] = ()
-    into: str | None = None
-    to_folder: str | None = None
-    since: str | None = None
-    before: str | None = None
-    older_than: str | None = None
-    max_size: str | None = None
-    flags: tuple[str, ...] = ()
-    delete_source: bool = False
-    #: --include-shared: other users' and shared folders too.
-    include_shared: bool = False
-
-    def selection(self) -> dict[str, object]:
-        """What decides which messages go where: a change here makes a finished account new."""
-        return {
-            "source": self.source,
-            "target": self.target,
-            "folder": list(self.folder),
-            "exclude": list(self.exclude),
-            "map": list(self.map),
-            "into": self.into,
-            "to_folder": self.to_folder,
-            "since": self.since,
-            "before": self.before,
-            "older_than": self.older_than,
-            "max_size": self.max_size,
-            "flags": list(self.flags),
-            "delete_source": self.delete_source,
-            # Named only when set: a job from before the option keeps its identity.
-            **({"include_shared": True} if self.include_shared else {}),
-        }
-
-
-@dataclass(frozen=True)
-class RunSettings:
-    """How hard to work on one account (the same for every account of a batch)."""
-
-    workers: int = 2
-    retries: int = 5
-    timeout: float = 60.0
 
 
 # -- values users type ------------------------------------------------------------------------
@@ -153,83 +85,48 @@ def parse_value(what: str, parser: Callable[[str], Any], value: str | None) -> A
         raise ConfigError(f"{what}: {exc}") from None
 
 
-def parse_renames(items: Sequence[str], what: str = "map") -> dict[str, str]:
-    renames: dict[str, str] = {}
-    for item in items:
-        src, sep, dst = item.partition("=")
-        if not sep or not src.strip() or not dst.strip():
-            form = f"{what} SOURCE=TARGET" if what.startswith("--") else "SOURCE=TARGET"
-            raise ConfigError(f"{what} {item!r}: write {form}")
-        renames[src.strip()] = dst.strip()
-    return renames
-
-
-def parse_flags(names: Sequence[str], what: str = "flags") -> frozenset[str]:
-    flags = set()
-    for name in names:
-        key = name.strip().lstrip("\\").lower()
-        if key in SYSTEM_FLAGS:
-            flags.add(SYSTEM_FLAGS[key])
-        elif re.fullmatch(r"[$A-Za-z0-9_.-]+", name.strip()):
-            flags.add(name.strip())
-        else:
-            raise ConfigError(f"{what} {name!r}: use seen, answered, flagged, draft or a keyword")
-    return frozenset(flags)
-
-
-def folder_map(
-    folder: Sequence[str] = (),
-    exclude: Sequence[str] = (),
-    map_: Sequence[str] = (),
-    into: str | None = None,
-    to_folder: str | None = None,
-    label: Label = column_label,
-    include_shared: bool = False,
-) -> FolderMap:
-    """The user's folder selection and renaming (--folder, --exclude, --map, --into,
-    --to-folder)."""
+def folder_map(job: CopyJob, label: Label = column_label) -> FolderMap:
+    """The job's folder selection and renaming (--folder, --exclude, --map, --into,
+    --to-folder, --include-shared)."""
     return FolderMap(
-        include=tuple(folder),
-        exclude=tuple(exclude),
-        renames=parse_renames(map_, label("map")),
-        into=into,
-        to_folder=to_folder,
-        include_shared=include_shared,
+        include=job.folder,
+        exclude=job.exclude,
+        renames=parse_renames(job.map, label("map")),
+        into=job.into,
+        to_folder=job.to_folder,
+        include_shared=job.include_shared,
     )
 
 
-def message_filter(
-    since: str | None = None,
-    before: str | None = None,
-    older_than: str | None = None,
-    max_size: str | None = None,
-    label: Label = column_label,
-) -> MessageFilter:
+def message_filter(job: CopyJob, label: Label = column_label) -> MessageFilter:
     """Which messages go, by date and size (--since, --before, --older-than, --max-size)."""
-    since_d = parse_value(label("since"), parse_date, since)
-    before_d = parse_value(label("before"), parse_date, before)
-    if older_than:
-        cutoff = datetime.now(UTC) - parse_value(label("older_than"), parse_age, older_than)
+    since_d = parse_value(label("since"), parse_date, job.since)
+    before_d = parse_value(label("before"), parse_date, job.before)
+    if job.older_than:
+        cutoff = datetime.now(UTC) - parse_value(label("older_than"), parse_age, job.older_than)
         before_d = min(before_d, cutoff) if before_d else cutoff
-    size = parse_value(label("max_size"), parse_size, max_size)
+    size = parse_value(label("max_size"), parse_size, job.max_size)
     return MessageFilter(since=since_d, before=before_d, max_size=size)
 
 
-def copy_options(
-    job: CopyJob, settings: RunSettings, *, dry_run: bool = False, label: Label = column_label
-) -> CopyOptions:
+def copy_options(job: CopyJob, settings: RunSettings, label: Label = column_label) -> CopyOptions:
     """The engine's options for a job, before its provider profiles (:func:`apply_profiles`)."""
-    return CopyOptions(
-        folder_map=folder_map(
-            job.folder, job.exclude, job.map, job.into, job.to_folder, label, job.include_shared
-        ),
-        message_filter=message_filter(job.since, job.before, job.older_than, job.max_size, label),
+    options = CopyOptions(
+        folder_map=folder_map(job, label),
+        message_filter=message_filter(job, label),
         delete_source=job.delete_source,
-        dry_run=dry_run,
+        dry_run=job.dry_run,
         add_flags=parse_flags(job.flags, label("flags")),
         workers=settings.workers,
         retries=settings.retries,
     )
+    if job.mirror and job.delete_source:
+        raise ConfigError(
+            "sync mirrors the source, and --delete-source empties it: archive with "
+            "copy --delete-source instead"
+        )
+    options.mirror, options.max_delete = job.mirror, job.max_delete
+    return options
 
 
 def env_var_name_ok(name: str) -> bool:
@@ -254,11 +151,6 @@ def profile_catalog() -> ProfileCatalog:
     from platformdirs import user_config_path
 
     return load_catalog(user_config_path("migrator") / "profiles")
-
-
-def load_profile(name: str) -> Profile:
-    """A provider profile, shipped or the user's own; ConfigError names an unknown one."""
-    return profile_catalog().get(name)
 
 
 def connection_limits(catalog: ProfileCatalog | None = None) -> dict[str, int]:
@@ -425,7 +317,7 @@ def open_side(
     profile_name: str | None = None,
     ca_file: Path | None = None,
     insecure: bool = False,
-    timeout: float = 60.0,
+    timeout: float = DEFAULT_TIMEOUT,
     interactive: bool = False,
     catalog: ProfileCatalog | None = None,
 ) -> Side:
@@ -500,17 +392,15 @@ def recipe_env(recipe: SecretRecipe, side: str, label: str) -> dict[str, str]:
     return {env_name(side): value}
 
 
-def resolve_secret(
-    recipe: SecretRecipe, side: str, label: str, keyring_user: str
-) -> Callable[[], str]:
-    """The recipe's password alone, as a callable, in this process (no OAuth2, no profile)."""
-    sources = SecretSources(
-        side, Path(recipe.file).expanduser() if recipe.file else None, recipe.cmd
-    )
-    env = recipe_env(recipe, side, label)
-    return secret_provider(
-        sources, label=label, keyring_user=keyring_user, env=env, interactive=False
-    )
+@dataclass(frozen=True)
+class Terminal:
+    """How a job typed at the command line runs, unlike a batch account: its secrets may also
+    come from this process's environment (MIGRATOR_SOURCE_PASSWORD, ...) and a prompt, warnings
+    are shown at once, and errors name the command line's options."""
+
+    env: Mapping[str, str]
+    interactive: bool
+    warn: Callable[[str], None]
 
 
 def job_side(
@@ -520,29 +410,93 @@ def job_side(
     ca_file: str | None,
     timeout: float,
     catalog: ProfileCatalog | None = None,
+    *,
+    side: str | None = None,
+    profile: str | None = None,
+    insecure: bool = False,
+    terminal: Terminal | None = None,
 ) -> Side:
-    """One side of a job, its secret found now from the recipe (a missing one fails before any
-    connection), non-interactively."""
-    endpoint = parse_endpoint(text)
-    env: dict[str, str] = {}
-    if isinstance(endpoint, ServerEndpoint | ProfileEndpoint):
-        env = recipe_env(recipe, role, str(endpoint))
-    side = open_side(
+    """One side of a job, reached as ``role`` with ``side``'s options (`verify` reads its target
+    as a source), its login chosen before any connection. Without a terminal, its secret comes
+    from the recipe alone (on a batch's worker), never from a prompt. The secret itself is read
+    by :meth:`Side.check_secret`."""
+    side = side or role
+    if terminal is not None:
+        env: Mapping[str, str] = terminal.env
+    elif isinstance(endpoint := parse_endpoint(text), ServerEndpoint | ProfileEndpoint):
+        env = recipe_env(recipe, side, str(endpoint))
+    else:
+        env = {}
+    opened = open_side(
         text,
         role,
         env,
+        side=side,
         password_file=Path(recipe.file).expanduser() if recipe.file else None,
         password_cmd=recipe.cmd,
         oauth2_token_cmd=recipe.oauth2_token_cmd,
+        auth=recipe.auth,
+        profile_name=profile,
         ca_file=Path(ca_file).expanduser() if ca_file else None,
+        insecure=insecure,
         timeout=timeout,
+        interactive=terminal is not None and terminal.interactive,
         catalog=catalog,
     )
-    side.check_secret()
-    return side
+    if terminal is not None:
+        for notice in opened.notices:
+            terminal.warn(notice)
+    return opened
+
+
+def job_side_of(
+    job: CopyJob,
+    side: str,
+    timeout: float,
+    terminal: Terminal | None = None,
+    *,
+    role: str | None = None,
+    catalog: ProfileCatalog | None = None,
+) -> Side:
+    """The job's ``side`` ("source" or "target"), with that side's options (:func:`job_side`)."""
+    return job_side(
+        job.source if side == "source" else job.target,
+        role or side,
+        job.secret(side),
+        job.ca_file(side),
+        timeout,
+        catalog,
+        side=side,
+        profile=job.profile(side),
+        insecure=job.insecure,
+        terminal=terminal,
+    )
+
+
+def open_sides(
+    job: CopyJob,
+    timeout: float,
+    terminal: Terminal | None = None,
+    *,
+    target_role: str = "target",
+) -> tuple[Side, Side]:
+    """Both sides of a job, their warnings shown, then both secrets read (a prompt comes after
+    every warning and every mistake in an endpoint)."""
+    catalog = profile_catalog()
+    src = job_side_of(job, "source", timeout, terminal, catalog=catalog)
+    dst = job_side_of(job, "target", timeout, terminal, role=target_role, catalog=catalog)
+    src.check_secret()
+    dst.check_secret()
+    return src, dst
 
 
 # -- running ----------------------------------------------------------------------------------
+
+
+def outcome(summary: RunSummary) -> str:
+    """How a run ended, for the journal, a batch account and `copy`'s exit code: interrupted,
+    done, or partial (something failed or a budget stopped it)."""
+    return "interrupted" if summary.interrupted else "done" if summary.ok else "partial"
 
 
 def run_copy(
@@ -561,47 +515,81 @@ def run_copy(
     engine = Engine(open_source, open_target, journal, options, reporter, stop)
     run_id = journal.start_run(source_label, target_label)
     journal.bind(source_label, target_label)
-    outcome = "failed"
+    ended = "failed"
     totals = [0, 0, 0, 0]
     try:
         summary = engine.run()
-        outcome = "interrupted" if summary.interrupted else "done" if summary.ok else "partial"
+        ended = outcome(summary)
         totals = [summary.total(k) for k in ("copied", "skipped", "failed", "bytes")]
     finally:
-        journal.finish_run(run_id, outcome, *totals)
+        journal.finish_run(run_id, ended, *totals)
         journal.close()
     return summary
+
+
+@dataclass
+class OpenedJob:
+    """A job ready to run: its options parsed, both sides reached (secrets read), the provider
+    profiles applied, and the notices they give."""
+
+    source: Side
+    target: Side
+    options: CopyOptions
+    state_path: Path
+    notices: list[str]
+
+    def run(
+        self, reporter: Reporter | None = None, stop: threading.Event | None = None
+    ) -> RunSummary:
+        """The copy, the profiles' notices first told to ``reporter``."""
+        if reporter is not None:
+            for text in self.notices:
+                reporter.notice(text)
+        return run_copy(
+            self.source.store,
+            self.target.store,
+            str(self.source.endpoint),
+            str(self.target.endpoint),
+            self.state_path,
+            self.options,
+            reporter,
+            stop,
+        )
+
+
+def open_job(
+    job: CopyJob,
+    settings: RunSettings,
+    state_path: Path | None = None,
+    terminal: Terminal | None = None,
+) -> OpenedJob:
+    """Everything before a copy, checked in the order a user should hear of problems: the
+    options, the endpoints (with their warnings), the secrets, the profiles. The journal is at
+    ``state_path``, by default the one of these endpoints (:func:`default_state_path`)."""
+    options = copy_options(job, settings, option_label if terminal else column_label)
+    src, dst = open_sides(job, settings.timeout, terminal)
+    state_path = state_path or default_state_path(src.endpoint, dst.endpoint)
+    notices = apply_profiles(
+        options,
+        src,
+        dst,
+        state_path,
+        all_mail=job.all_mail,
+        max_bytes_per_second=job.max_bytes_per_second,
+        label=option_label if terminal else column_label,
+    )
+    return OpenedJob(src, dst, options, state_path, notices)
 
 
 def run_job(
     job: CopyJob,
     settings: RunSettings,
-    state_path: Path,
+    state_path: Path | None,
     reporter: Reporter | None = None,
     stop: threading.Event | None = None,
+    terminal: Terminal | None = None,
 ) -> RunSummary:
-    """Run one account's copy here, as `copy` would: options parsed, secrets resolved from their
-    recipes, endpoints opened, the provider profiles applied, the journal at ``state_path``. The
-    profiles' notices go to ``reporter``."""
-    options = copy_options(job, settings)
-    catalog = profile_catalog()
-    src = job_side(
-        job.source, "source", job.source_secret, job.source_ca_file, settings.timeout, catalog
-    )
-    dst = job_side(
-        job.target, "target", job.target_secret, job.target_ca_file, settings.timeout, catalog
-    )
-    notices = apply_profiles(options, src, dst, state_path)
-    if reporter is not None:
-        for text in notices:
-            reporter.notice(text)
-    return run_copy(
-        src.store,
-        dst.store,
-        str(src.endpoint),
-        str(dst.endpoint),
-        state_path,
-        options,
-        reporter,
-        stop,
-    )
+    """Run one account's copy here, as `copy` does (:func:`open_job`, then
+    :meth:`OpenedJob.run`): for `batch`, without a terminal, secrets resolved from their
+    recipes; the profiles' notices go to ``reporter``."""
+    return open_job(job, settings, state_path, terminal).run(reporter, stop)

@@ -54,13 +54,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from migrator.account import (
-    CopyJob,
-    RunSettings,
-    SecretRecipe,
     connection_limits,
     env_var_name_ok,
-    parse_flags,
-    parse_renames,
+    outcome,
     profile_catalog,
     resolve_endpoint,
     run_job,
@@ -75,8 +71,18 @@ from migrator.endpoints import (
     open_store,
 )
 from migrator.errors import ConfigError, ConnectError, MigratorError
-from migrator.filters import parse_age, parse_date, parse_size
 from migrator.folders import FolderPlan
+from migrator.options import (
+    BOOL,
+    LIST,
+    SIDES,
+    TEXT,
+    CopyJob,
+    RunSettings,
+    SecretRecipe,
+    declared,
+    manifest_columns,
+)
 from migrator.profiles import ProfileCatalog
 from migrator.ui.text import plural
 
@@ -85,36 +91,8 @@ DEFAULT_PER_HOST = 4
 
 # -- the manifest's columns --------------------------------------------------------------------
 
-TEXT, LIST, BOOL = "text", "list", "bool"
-SIDES = ("source", "target")
-COLUMNS: dict[str, str] = {
-    "name": TEXT,
-    "source": TEXT,
-    "target": TEXT,
-    **{
-        f"{side}_{what}": kind
-        for side in SIDES
-        for what, kind in (
-            ("password_env", TEXT),
-            ("password_file", TEXT),
-            ("password_cmd", TEXT),
-            ("oauth2_token_cmd", TEXT),
-            ("keyring", BOOL),
-            ("ca_file", TEXT),
-        )
-    },
-    "folder": LIST,
-    "exclude": LIST,
-    "map": LIST,
-    "into": TEXT,
-    "to_folder": TEXT,
-    "since": TEXT,
-    "before": TEXT,
-    "older_than": TEXT,
-    "max_size": TEXT,
-    "flags": LIST,
-    "delete_source": BOOL,
-}
+#: Column -> kind (text, list, bool), derived from the job's declared options (options.py).
+COLUMNS: dict[str, str] = manifest_columns()
 REQUIRED = ("source", "target")
 #: Column names that can only hold a secret (password, source_password, token, api_key, ...).
 _SECRET_COLUMN = re.compile(
@@ -608,36 +586,18 @@ def _check_here(
 
 
 def _options(row: _Row, problems: list[str]) -> dict[str, Any]:
-    values: dict[str, Any] = {
-        "folder": _list(row, "folder", problems),
-        "exclude": _list(row, "exclude", problems),
-        "map": _list(row, "map", problems),
-        "into": _text(row, "into", problems),
-        "to_folder": _text(row, "to_folder", problems),
-        "since": _text(row, "since", problems),
-        "before": _text(row, "before", problems),
-        "older_than": _text(row, "older_than", problems),
-        "max_size": _text(row, "max_size", problems),
-        "flags": _list(row, "flags", problems),
-        "delete_source": _bool(row, "delete_source", problems),
+    """The job's options in a row, each read as its kind says, then checked: every date and
+    size first, then the lists (map, flags)."""
+    readers: dict[str, Callable[[_Row, str, list[str]], Any]] = {
+        TEXT: _text,
+        LIST: _list,
+        BOOL: _bool,
     }
-    parsers: dict[str, Callable[[str], object]] = {
-        "since": parse_date,
-        "before": parse_date,
-        "older_than": parse_age,
-        "max_size": parse_size,
-    }
-    for col, parser in parsers.items():
-        if values[col] is not None:
-            try:
-                parser(values[col])
-            except ValueError as exc:
-                problems.append(f"{row.at(col)}: {exc}")
-    for col, check in (("map", parse_renames), ("flags", parse_flags)):
-        try:
-            check(values[col], col)
-        except ConfigError as exc:
-            problems.append(f"{row.at(col)}: {exc}")
+    columns = [(name, opt) for name, opt in declared(CopyJob) if opt.column]
+    values = {name: readers[opt.kind](row, name, problems) for name, opt in columns}
+    for name, opt in sorted(columns, key=lambda column: column[1].check is not None):
+        if (problem := opt.problem(values[name], name)) is not None:
+            problems.append(f"{row.at(name)}: {problem}")
     return values
 
 
@@ -1059,7 +1019,7 @@ def run_account(task: AccountTask) -> AccountResult:
         except MigratorError as exc:
             result.error = str(exc)
         else:
-            result.status = INTERRUPTED if summary.interrupted else DONE if summary.ok else PARTIAL
+            result.status = outcome(summary)
             result.copied = summary.total("copied")
             result.skipped = summary.total("skipped")
             result.failed = summary.total("failed")

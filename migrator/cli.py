@@ -11,8 +11,9 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -25,13 +26,20 @@ import click  # noqa: E402
 import typer  # noqa: E402
 from typer.core import TyperGroup  # noqa: E402
 
-from migrator import __version__  # noqa: E402
+from migrator import __version__, options  # noqa: E402
 from migrator.errors import ConfigError, ExitStatus, MigratorError, did_you_mean  # noqa: E402
 from migrator.ui.console import err as _err  # noqa: E402
 
 if TYPE_CHECKING:
-    from migrator.account import Side
+    from migrator.account import Side, Terminal
+    from migrator.batch import Manifest
+    from migrator.folders import FolderMap
+    from migrator.model import Folder
+    from migrator.oauth import Client, Endpoints, Tokens
+    from migrator.options import CopyJob, RunSettings
+    from migrator.profiles import OAuth2Settings
     from migrator.stores.base import Source, Target
+    from migrator.ui.report import FolderRow
 
 
 class _Commands(TyperGroup):
@@ -91,17 +99,6 @@ def _main(
 # -- building objects -----------------------------------------------------------------------
 
 
-def _open_side(text: str, role: str, side: str | None = None, **how: Any) -> Side:
-    """The library's open_side with this process's environment and terminal; its warnings (no
-    TLS, --insecure) shown at once."""
-    from migrator.account import open_side
-
-    opened = open_side(text, role, os.environ, side=side, interactive=sys.stdin.isatty(), **how)
-    for notice in opened.notices:
-        _err(f"migrator: warning: {notice}")
-    return opened
-
-
 def _fail(exc: BaseException, debug: bool) -> NoReturn:
     if debug:
         import traceback
@@ -119,8 +116,8 @@ def _fail(exc: BaseException, debug: bool) -> NoReturn:
 
 @contextmanager
 def _errors(debug: bool) -> Iterator[None]:
-    """Every command's frame: one clear line per error, exit codes as SPEC.md gives them;
-    SIGTERM and SIGHUP stop like Ctrl-C."""
+    """Every command's frame: one clear line per error, exit codes as README's "Commands"
+    gives them; SIGTERM and SIGHUP stop like Ctrl-C."""
 
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
@@ -140,64 +137,11 @@ def _errors(debug: bool) -> Iterator[None]:
 
 # -- options shared by commands ---------------------------------------------------------------
 
-FolderOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--folder", help="Only folders matching this glob (repeatable).", show_default=False
-    ),
-]
-ExcludeOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--exclude", help="Skip folders matching this glob (repeatable).", show_default=False
-    ),
-]
-MapOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--map",
-        help="Rename a folder and its sub-folders: SRC=DST (repeatable).",
-        show_default=False,
-    ),
-]
-IntoOpt = Annotated[str | None, typer.Option("--into", help="Put every folder under this one.")]
-SharedOpt = Annotated[
-    bool,
-    typer.Option(
-        "--include-shared",
-        help="Also copy other users' and shared folders (IMAP namespaces), under target folders "
-        "named 'Other Users' and 'Shared Folders'.",
-    ),
-]
-ToFolderOpt = Annotated[
-    str | None,
-    typer.Option("--to-folder", help="Where a one-folder source (POP3, one mbox) lands."),
-]
-SinceOpt = Annotated[str | None, typer.Option("--since", help="Only mail received on/after DATE.")]
-BeforeOpt = Annotated[str | None, typer.Option("--before", help="Only mail received before DATE.")]
-OlderOpt = Annotated[
-    str | None, typer.Option("--older-than", help="Only mail older than AGE (90d, 12w, 1y).")
-]
-MaxSizeOpt = Annotated[
-    str | None, typer.Option("--max-size", help="Leave out messages larger than SIZE (25M).")
-]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")]
-InsecureOpt = Annotated[
-    bool, typer.Option("--insecure", help="Do not verify certificates (prints a warning).")
-]
-TimeoutOpt = Annotated[
-    float, typer.Option("--timeout", min=1, help="Seconds before a silent server is dropped.")
-]
-SrcPwFile = Annotated[Path | None, typer.Option(help="Read the source password from this file.")]
-DstPwFile = Annotated[Path | None, typer.Option(help="Read the target password from this file.")]
-SrcPwCmd = Annotated[str | None, typer.Option(help="Its output is the source password.")]
-DstPwCmd = Annotated[str | None, typer.Option(help="Its output is the target password.")]
-SrcCa = Annotated[Path | None, typer.Option(help="Trust this CA for the source.")]
-DstCa = Annotated[Path | None, typer.Option(help="Trust this CA for the target.")]
-PwFile = Annotated[Path | None, typer.Option("--password-file", help="Read the password here.")]
-PwCmd = Annotated[str | None, typer.Option("--password-cmd", help="Its output is the password.")]
-CaOpt = Annotated[Path | None, typer.Option("--ca-file", help="Trust this CA.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors.")]
+#: `check` gives up sooner than a copy: it only logs in.
+CHECK_TIMEOUT = 30.0
 
 
 def _complete_auth(incomplete: str) -> list[str]:
@@ -225,47 +169,122 @@ def _complete_profile(incomplete: str) -> list[str]:
     return [name for name in profile_catalog().names() if name.startswith(incomplete.lower())]
 
 
-_AUTH_HELP = "How to log in: password, plain, login, oauth2, xoauth2 or oauthbearer."
-SrcTokCmd = Annotated[
-    str | None, typer.Option(help="Its output is the source's OAuth2 access token (every login).")
-]
-DstTokCmd = Annotated[
-    str | None, typer.Option(help="Its output is the target's OAuth2 access token (every login).")
-]
-SrcAuth = Annotated[
-    str | None,
-    typer.Option("--source-auth", help=_AUTH_HELP, autocompletion=_complete_auth),
-]
-DstAuth = Annotated[
-    str | None,
-    typer.Option("--target-auth", help=_AUTH_HELP, autocompletion=_complete_auth),
-]
-SrcProfile = Annotated[
-    str | None,
-    typer.Option(
-        "--source-profile",
-        help="Apply this provider profile to an imaps:// source.",
-        autocompletion=_complete_profile,
-    ),
-]
-DstProfile = Annotated[
-    str | None,
-    typer.Option(
-        "--target-profile",
-        help="Apply this provider profile to an imaps:// target.",
-        autocompletion=_complete_profile,
-    ),
-]
+# -- the job's options, derived from their declaration (migrator/options.py) -------------------
+
+_TYPES: dict[str, Any] = {
+    options.TEXT: str | None,
+    options.LIST: list[str] | None,
+    options.BOOL: bool,
+    options.PATH: Path | None,
+    options.INT: int,
+    options.FLOAT: float,
+}
+_COMPLETIONS = {"auth": _complete_auth, "profile": _complete_profile}
+#: Both sides, each with its own options (--source-NAME, --target-NAME).
+_BOTH = (("source", "source"), ("target", "target"))
 
 
-def _flag_names(names: list[str]) -> frozenset[str]:
-    """--flags as the engine takes them (what `copy` does through copy_options)."""
-    from migrator.account import option_label, parse_flags
+def _option(name: str, kind: str, default: Any, **how: Any) -> inspect.Parameter:
+    """One command line option, --NAME, as Typer reads it from a signature."""
+    value_type = _TYPES[kind]
+    if kind == options.INT and default is None:
+        value_type = int | None
+    if kind == options.LIST:
+        how["show_default"] = False
+    info = typer.Option("--" + name.replace("_", "-"), **how)
+    return inspect.Parameter(
+        name,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        default=default,
+        annotation=Annotated[value_type, info],
+    )
 
-    return parse_flags(names, option_label("flags"))
+
+def _job_options(
+    command: str, sides: Sequence[tuple[str, str]], defaults: Mapping[str, Any]
+) -> list[inspect.Parameter]:
+    """The options `command` takes of a job (options.COMMAND_GROUPS), and of each side's login:
+    ``sides`` pairs an option prefix ("" for a command with one endpoint) with the side."""
+    groups = options.COMMAND_GROUPS[command]
+    params = []
+    for cls in (options.CopyJob, options.RunSettings):
+        for name, opt in options.declared(cls):
+            if opt.group in groups:
+                bounds = {"min": opt.low, "max": opt.high}
+                default = defaults.get(name, options.default_of(cls, name))
+                more: dict[str, Any] = {k: v for k, v in bounds.items() if v is not None}
+                params.append(_option(name, opt.kind, default, help=opt.help, **more))
+    for prefix, side in sides:
+        for side_opt in options.SIDE_OPTIONS:
+            if side_opt.cli:
+                name = f"{prefix}_{side_opt.name}" if prefix else side_opt.name
+                text = side_opt.help.format(side=side) if prefix else side_opt.plain
+                done = _COMPLETIONS.get(side_opt.complete or "")
+                completion: dict[str, Any] = {"autocompletion": done} if done else {}
+                params.append(_option(name, side_opt.kind, None, help=text, **completion))
+    return params
+
+
+def _takes_job(
+    command: str,
+    sides: Sequence[tuple[str, str]] = _BOTH,
+    **defaults: Any,
+) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """A command function's signature, as Typer reads it: its own parameters, with the job's
+    options of ``command`` (their ``defaults`` changed) in place of its ``**given``, after its
+    arguments. The function gets them, by name, in ``given``."""
+
+    def derive(fn: Callable[..., None]) -> Callable[..., None]:
+        own = inspect.signature(fn, eval_str=True).parameters.values()
+        own_params = [p for p in own if p.kind != inspect.Parameter.VAR_KEYWORD]
+        arguments = [p for p in own_params if _is_argument(p)]
+        rest = [p for p in own_params if not _is_argument(p)]
+        shown = [*arguments, *_job_options(command, sides, defaults), *rest]
+        setattr(fn, "__signature__", inspect.Signature(shown, return_annotation=None))  # noqa: B010
+        fn.__annotations__ = {p.name: p.annotation for p in shown}
+        return fn
+
+    return derive
+
+
+def _is_argument(param: inspect.Parameter) -> bool:
+    return any(
+        isinstance(m, typer.models.ArgumentInfo)
+        for m in getattr(param.annotation, "__metadata__", ())
+    )
+
+
+def _job(
+    source: str, target: str, given: Mapping[str, Any], one_endpoint: bool = False, **fixed: Any
+) -> tuple[CopyJob, RunSettings]:
+    """The job and its run settings from a command's derived options; a command with one
+    endpoint (``one_endpoint``: `folders`, `check`) names its side's options without prefix."""
+    values = dict(given)
+    if one_endpoint:
+        unprefixed = {opt.name for opt in options.SIDE_OPTIONS}
+        values = {(f"source_{k}" if k in unprefixed else k): v for k, v in values.items()}
+    job, settings = options.job_from_values(source, target, values)
+    return replace(job, **fixed), settings
+
+
+def _terminal() -> Terminal:
+    """How a job typed here runs: this process's environment, a prompt when stdin is a
+    terminal, and each side's warnings (no TLS, --insecure) shown at once."""
+    from migrator.account import Terminal
+
+    return Terminal(
+        os.environ, sys.stdin.isatty(), lambda notice: _err(f"migrator: warning: {notice}")
+    )
 
 
 # -- copy -----------------------------------------------------------------------------------
+
+#: Exit codes by how a run ended (account.outcome).
+_EXIT = {
+    "done": ExitStatus.OK,
+    "partial": ExitStatus.PARTIAL,
+    "interrupted": ExitStatus.INTERRUPTED,
+}
 
 
 def _copy_command(
@@ -282,209 +301,59 @@ def _copy_command(
             help="Where it goes: imaps://USER@HOST, maildir:PATH", autocompletion=_complete_endpoint
         ),
     ],
-    folder: FolderOpt = None,
-    exclude: ExcludeOpt = None,
-    map_: MapOpt = None,
-    into: IntoOpt = None,
-    to_folder: ToFolderOpt = None,
-    include_shared: SharedOpt = False,
-    since: SinceOpt = None,
-    before: BeforeOpt = None,
-    older_than: OlderOpt = None,
-    max_size: MaxSizeOpt = None,
-    delete_source: Annotated[
-        bool,
-        typer.Option(
-            "--delete-source",
-            help="Remove copied messages from the source once the target holds them durably.",
-        ),
-    ] = False,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Show what would be copied; change nothing.")
-    ] = False,
-    flags: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--flags",
-            help="Add this flag to every copied message: seen, answered, flagged, draft, or a "
-            "keyword (repeatable). For POP3 sources whose client had read everything.",
-            show_default=False,
-        ),
-    ] = None,
-    workers: Annotated[
-        int,
-        typer.Option(
-            "--workers",
-            min=1,
-            max=32,
-            help="Folders copied at once, each on its own connections (three keep an IMAP "
-            "target busy while it syncs each message to disk).",
-        ),
-    ] = 3,
     state: Annotated[
         Path | None, typer.Option("--state", help="The checkpoint journal (SQLite) to use.")
     ] = None,
     json_output: JsonOpt = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors.")] = False,
+    quiet: QuietOpt = False,
     log_file: Annotated[
         Path | None, typer.Option("--log-file", help="Append a line per folder and failure here.")
     ] = None,
-    source_password_file: SrcPwFile = None,
-    target_password_file: DstPwFile = None,
-    source_password_cmd: SrcPwCmd = None,
-    target_password_cmd: DstPwCmd = None,
-    source_ca_file: SrcCa = None,
-    target_ca_file: DstCa = None,
-    insecure: InsecureOpt = False,
-    retries: Annotated[
-        int, typer.Option("--retries", min=0, help="Reconnects after a dropped connection.")
-    ] = 5,
-    timeout: TimeoutOpt = 60.0,
-    source_oauth2_token_cmd: SrcTokCmd = None,
-    target_oauth2_token_cmd: DstTokCmd = None,
-    source_auth: SrcAuth = None,
-    target_auth: DstAuth = None,
-    source_profile: SrcProfile = None,
-    target_profile: DstProfile = None,
-    max_bytes_per_second: Annotated[
-        str | None,
-        typer.Option(
-            "--max-bytes-per-second", help="Copy no faster than this (500K, 2M), all workers."
-        ),
-    ] = None,
-    all_mail: Annotated[
-        str | None,
-        typer.Option(
-            "--all-mail",
-            help="Gmail: copy All Mail alone, into this target folder, instead of the labels.",
-        ),
-    ] = None,
     debug: DebugOpt = False,
     mirror: bool = False,
-    max_delete: int | None = None,
+    **given: Any,
 ) -> None:
     """`copy`, and with ``mirror`` `sync` (registered below with their own help)."""
     with _errors(debug):
-        from migrator.account import (
-            CopyJob,
-            RunSettings,
-            apply_profiles,
-            copy_options,
-            default_state_path,
-            option_label,
-            run_copy,
-        )
+        from migrator.account import open_job, outcome
         from migrator.ui.progress import make_reporter
         from migrator.ui.report import copy_json, copy_table
 
-        job = CopyJob(
-            source,
-            target,
-            folder=tuple(folder or ()),
-            exclude=tuple(exclude or ()),
-            map=tuple(map_ or ()),
-            into=into,
-            to_folder=to_folder,
-            include_shared=include_shared,
-            since=since,
-            before=before,
-            older_than=older_than,
-            max_size=max_size,
-            flags=tuple(flags or ()),
-            delete_source=delete_source,
-        )
-        settings = RunSettings(workers=workers, retries=retries, timeout=timeout)
-        options = copy_options(job, settings, dry_run=dry_run, label=option_label)
-        if mirror and delete_source:
-            raise ConfigError(
-                "sync mirrors the source, and --delete-source empties it: archive with "
-                "copy --delete-source instead"
-            )
-        options.mirror, options.max_delete = mirror, max_delete
-        src = _open_side(
-            source,
-            "source",
-            password_file=source_password_file,
-            password_cmd=source_password_cmd,
-            ca_file=source_ca_file,
-            insecure=insecure,
-            timeout=timeout,
-            oauth2_token_cmd=source_oauth2_token_cmd,
-            profile_name=source_profile,
-            auth=source_auth,
-        )
-        dst = _open_side(
-            target,
-            "target",
-            password_file=target_password_file,
-            password_cmd=target_password_cmd,
-            ca_file=target_ca_file,
-            insecure=insecure,
-            timeout=timeout,
-            oauth2_token_cmd=target_oauth2_token_cmd,
-            profile_name=target_profile,
-            auth=target_auth,
-        )
-        src.check_secret()
-        dst.check_secret()
-        state_path = state or default_state_path(src.endpoint, dst.endpoint)
-        notices = apply_profiles(
-            options,
-            src,
-            dst,
-            state_path,
-            all_mail=all_mail,
-            max_bytes_per_second=max_bytes_per_second,
-            label=option_label,
-        )
+        job, settings = _job(source, target, given, mirror=mirror)
+        opened = open_job(job, settings, state, _terminal())
         reporter = make_reporter(quiet, json_output, log_file, os.environ.get("TERM"))
-        for text in notices:
-            reporter.notice(text)
         try:
-            summary = run_copy(
-                src.store,
-                dst.store,
-                str(src.endpoint),
-                str(dst.endpoint),
-                state_path,
-                options,
-                reporter,
-            )
+            summary = opened.run(reporter)
         finally:
             reporter.close()
         if json_output:
             typer.echo(json.dumps(copy_json(summary), ensure_ascii=False))
         elif not quiet:
             typer.echo(copy_table(summary))
-        if summary.interrupted:
+        ended = outcome(summary)
+        if ended == "interrupted":
             _err(
                 "migrator: interrupted; what was copied is recorded: run the same command to finish"
             )
-            raise typer.Exit(int(ExitStatus.INTERRUPTED))
-        if summary.stopped:
+        elif summary.stopped:
             _err(f"migrator: stopped: {summary.stopped}")
-        raise typer.Exit(int(ExitStatus.OK if summary.ok else ExitStatus.PARTIAL))
+        raise typer.Exit(int(_EXIT[ended]))
 
 
-def _register_copy_command(name: str, doc: str, extra: Sequence[inspect.Parameter]) -> None:
+def _register_copy_command(name: str, doc: str) -> None:
     """`copy` and `sync` take the same options (sync adds --max-delete): one implementation,
     _copy_command, registered under each name with the parameters Typer should show."""
-    shown = [
-        p
-        for p in inspect.signature(_copy_command, eval_str=True).parameters.values()
-        if p.name not in ("mirror", "max_delete")
-    ]
-    shown += extra
     mirror = name == "sync"
 
     def command(**params: Any) -> None:
         _copy_command(**params, mirror=mirror)
 
-    command.__signature__ = inspect.Signature(shown)  # type: ignore[attr-defined]
-    command.__annotations__ = {p.name: p.annotation for p in shown}
+    own = inspect.signature(_copy_command, eval_str=True).parameters.values()
+    shown = inspect.Signature([p for p in own if p.name != "mirror"])
+    setattr(command, "__signature__", shown)  # noqa: B010
     command.__doc__ = doc
     command.__name__ = name
-    app.command(name)(command)
+    app.command(name)(_takes_job(name)(command))
 
 
 _register_copy_command(
@@ -494,7 +363,6 @@ _register_copy_command(
 
     Example: migrator copy imaps://alice@old.example.org imaps://alice@new.example.org
     """,
-    [],
 )
 _register_copy_command(
     "sync",
@@ -504,23 +372,6 @@ _register_copy_command(
 
     Example: migrator sync imaps://alice@old.example.org imaps://alice@new.example.org --dry-run
     """,
-    [
-        inspect.Parameter(
-            "max_delete",
-            inspect.Parameter.POSITIONAL_OR_KEYWORD,
-            default=None,
-            annotation=Annotated[
-                int | None,
-                typer.Option(
-                    "--max-delete",
-                    min=0,
-                    help="Allow removing up to N messages from a folder even when that is more "
-                    "than half of what was copied there (the guard against a source that looks "
-                    "empty by mistake).",
-                ),
-            ],
-        )
-    ],
 )
 
 
@@ -528,6 +379,7 @@ _register_copy_command(
 
 
 @app.command()
+@_takes_job("verify")
 def verify(
     source: Annotated[
         str, typer.Argument(help="The endpoint copied from.", autocompletion=_complete_endpoint)
@@ -535,16 +387,6 @@ def verify(
     target: Annotated[
         str, typer.Argument(help="The endpoint copied to.", autocompletion=_complete_endpoint)
     ],
-    folder: FolderOpt = None,
-    exclude: ExcludeOpt = None,
-    map_: MapOpt = None,
-    into: IntoOpt = None,
-    to_folder: ToFolderOpt = None,
-    include_shared: SharedOpt = False,
-    since: SinceOpt = None,
-    before: BeforeOpt = None,
-    older_than: OlderOpt = None,
-    max_size: MaxSizeOpt = None,
     by: Annotated[
         str,
         typer.Option(
@@ -572,15 +414,8 @@ def verify(
         ),
     ] = None,
     json_output: JsonOpt = False,
-    source_password_file: SrcPwFile = None,
-    target_password_file: DstPwFile = None,
-    source_password_cmd: SrcPwCmd = None,
-    target_password_cmd: DstPwCmd = None,
-    source_ca_file: SrcCa = None,
-    target_ca_file: DstCa = None,
-    insecure: InsecureOpt = False,
-    timeout: TimeoutOpt = 60.0,
     debug: DebugOpt = False,
+    **given: Any,
 ) -> None:
     """Compare SOURCE and TARGET folder by folder: counts, missing, extra, flag differences.
     Exits 1 when anything is missing or flags differ (--ignore-flags: presence only).
@@ -590,49 +425,20 @@ def verify(
     with _errors(debug):
         from migrator.account import folder_map as make_folder_map
         from migrator.account import message_filter as make_message_filter
-        from migrator.account import option_label, profile_folders
+        from migrator.account import open_sides, option_label, profile_folders
         from migrator.ui.report import verify_json, verify_table
         from migrator.verify import BY, summary
         from migrator.verify import verify as run_verify
 
         if by not in BY:
             raise ConfigError(f"--by {by!r}: use one of {', '.join(BY)}")
-        folder_map = make_folder_map(
-            folder or (), exclude or (), map_ or (), into, to_folder, option_label, include_shared
-        )
-        message_filter = make_message_filter(since, before, older_than, max_size, option_label)
-        src = _open_side(
-            source,
-            "source",
-            password_file=source_password_file,
-            password_cmd=source_password_cmd,
-            ca_file=source_ca_file,
-            insecure=insecure,
-            timeout=timeout,
-        )
+        job, settings = _job(source, target, given)
+        folder_map = make_folder_map(job, option_label)
+        message_filter = make_message_filter(job, option_label)
         # the target is read, as a source, with the target's options and variables
-        dst = _open_side(
-            target,
-            "source",
-            side="target",
-            password_file=target_password_file,
-            password_cmd=target_password_cmd,
-            ca_file=target_ca_file,
-            insecure=insecure,
-            timeout=timeout,
-        )
+        src, dst = open_sides(job, settings.timeout, _terminal(), target_role="source")
         folder_map = profile_folders(folder_map, src.profile, dst.profile)[0]
-        src.check_secret()
-        dst.check_secret()
-        from migrator.account import default_state_path
-        from migrator.checkpoint import Journal
-
-        recorded = None
-        state = state or default_state_path(src.endpoint, dst.endpoint)
-        if state.exists():
-            journal = Journal.in_memory(state)
-            recorded = journal.folder_targets()
-            journal.close()
+        recorded = _recorded_targets(state, src, dst)
         with _connected(src.store()) as a, _connected(dst.store()) as b:
             show = (lambda name: _err(f"verifying {name}")) if sys.stderr.isatty() else None
             checks = run_verify(
@@ -654,6 +460,21 @@ def verify(
         raise typer.Exit(int(ExitStatus.PARTIAL if bad else ExitStatus.OK))
 
 
+def _recorded_targets(state: Path | None, src: Side, dst: Side) -> dict[Any, Any] | None:
+    """The target folder the copy's journal recorded for each source folder, if there is one."""
+    from migrator.account import default_state_path
+    from migrator.checkpoint import Journal
+
+    state = state or default_state_path(src.endpoint, dst.endpoint)
+    if not state.exists():
+        return None
+    journal = Journal.in_memory(state)
+    try:
+        return journal.folder_targets()
+    finally:
+        journal.close()
+
+
 @contextmanager
 def _connected(store: Source | Target) -> Iterator[Any]:
     try:
@@ -667,6 +488,7 @@ def _connected(store: Source | Target) -> Iterator[Any]:
 
 
 @app.command()
+@_takes_job("folders", (("", "source"), ("target", "target")))
 def folders(
     endpoint: Annotated[
         str,
@@ -676,22 +498,9 @@ def folders(
         str | None,
         typer.Option("--target", help="Also show the name each folder would get in this target."),
     ] = None,
-    folder: FolderOpt = None,
-    exclude: ExcludeOpt = None,
-    map_: MapOpt = None,
-    into: IntoOpt = None,
-    to_folder: ToFolderOpt = None,
-    include_shared: SharedOpt = False,
     json_output: JsonOpt = False,
-    password_file: PwFile = None,
-    password_cmd: PwCmd = None,
-    ca_file: CaOpt = None,
-    target_password_file: DstPwFile = None,
-    target_password_cmd: DstPwCmd = None,
-    target_ca_file: DstCa = None,
-    insecure: InsecureOpt = False,
-    timeout: TimeoutOpt = 60.0,
     debug: DebugOpt = False,
+    **given: Any,
 ) -> None:
     """List folders with message count, size and special use (and, with --target, where `copy`
     would put each one). The password comes from MIGRATOR_SOURCE_PASSWORD or the options.
@@ -700,66 +509,59 @@ def folders(
     """
     with _errors(debug):
         from migrator.account import folder_map as make_folder_map
-        from migrator.account import option_label
-        from migrator.folders import special_use
-        from migrator.model import display_name
-        from migrator.ui.report import FolderRow, folders_table
+        from migrator.account import job_side_of, option_label
+        from migrator.ui.report import folders_table
 
-        folder_map = make_folder_map(
-            folder or (), exclude or (), map_ or (), into, to_folder, option_label, include_shared
-        )
-        src = _open_side(
-            endpoint,
-            "source",
-            password_file=password_file,
-            password_cmd=password_cmd,
-            ca_file=ca_file,
-            insecure=insecure,
-            timeout=timeout,
-        )
+        job, settings = _job(endpoint, target or "", given, one_endpoint=True)
+        folder_map = make_folder_map(job, option_label)
+        src = job_side_of(job, "source", settings.timeout, _terminal())
         src.check_secret()
-        rows: list[FolderRow] = []
         with _connected(src.store()) as store:
             listed = store.list_folders()
             targets: dict[Any, str] = {}
             if target is not None:
-                dst = _open_side(
-                    target,
-                    "target",
-                    password_file=target_password_file,
-                    password_cmd=target_password_cmd,
-                    ca_file=target_ca_file,
-                    insecure=insecure,
-                    timeout=timeout,
-                )
+                dst = job_side_of(job, "target", settings.timeout, _terminal())
                 dst.check_secret()
                 with _connected(dst.store()) as tstore:
                     plans = folder_map.plan(listed, tstore.list_folders(), tstore.delimiter)
                 targets = {p.source.path: p.target_name for p in plans}
-            for f in listed:
-                selected = folder_map.selected(f)
-                count = size = 0
-                if f.selectable:
-                    count = store.open_folder(f.path).count
-                    size = sum(r.size for r in store.list_messages(f.path))
-                rows.append(
-                    {
-                        "folder": display_name(f.path),
-                        "messages": count,
-                        "bytes": size,
-                        "special_use": special_use(f),
-                        "selectable": f.selectable,
-                        "selected": selected
-                        and f.selectable
-                        and (f.namespace is None or include_shared),
-                        "namespace": f.namespace or "personal",
-                        "target": targets.get(f.path),
-                    }
-                )
+            rows = _folder_rows(store, listed, folder_map, targets)
         if json_output:
             typer.echo(json.dumps({"folders": rows}, ensure_ascii=False))
             return
         typer.echo(folders_table(rows, with_target=bool(target)))
+
+
+def _folder_rows(
+    store: Source, listed: Sequence[Folder], folder_map: FolderMap, targets: Mapping[Any, str]
+) -> list[FolderRow]:
+    """What `folders` shows of each folder: its count and size (read from ``store``), special
+    use, whether the job selects it, and where it would go (``targets``)."""
+    from migrator.folders import special_use
+    from migrator.model import display_name
+
+    rows: list[FolderRow] = []
+    for f in listed:
+        selected = folder_map.selected(f)
+        count = size = 0
+        if f.selectable:
+            count = store.open_folder(f.path).count
+            size = sum(r.size for r in store.list_messages(f.path))
+        rows.append(
+            {
+                "folder": display_name(f.path),
+                "messages": count,
+                "bytes": size,
+                "special_use": special_use(f),
+                "selectable": f.selectable,
+                "selected": selected
+                and f.selectable
+                and (f.namespace is None or folder_map.include_shared),
+                "namespace": f.namespace or "personal",
+                "target": targets.get(f.path),
+            }
+        )
+    return rows
 
 
 # -- status ----------------------------------------------------------------------------------
@@ -809,6 +611,7 @@ def status(
 
 
 @app.command()
+@_takes_job("check", (("", "source"),), timeout=CHECK_TIMEOUT)
 def check(
     endpoint: Annotated[
         str,
@@ -816,20 +619,9 @@ def check(
             help="imaps://USER@HOST, pop3s://USER@HOST, ...", autocompletion=_complete_endpoint
         ),
     ],
-    password_file: PwFile = None,
-    password_cmd: PwCmd = None,
-    ca_file: CaOpt = None,
-    insecure: InsecureOpt = False,
-    timeout: TimeoutOpt = 30.0,
     json_output: JsonOpt = False,
-    oauth2_token_cmd: Annotated[
-        str | None, typer.Option("--oauth2-token-cmd", help="Its output is the access token.")
-    ] = None,
-    auth: Annotated[str | None, typer.Option("--auth", help=_AUTH_HELP)] = None,
-    profile: Annotated[
-        str | None, typer.Option("--profile", help="Apply this provider profile.")
-    ] = None,
     debug: DebugOpt = False,
+    **given: Any,
 ) -> None:
     """Connect and log in; show the server greeting, the capabilities that matter, TLS version
     and certificate. The password comes from MIGRATOR_SOURCE_PASSWORD or the options (an OAuth2
@@ -838,18 +630,10 @@ def check(
     Example: migrator check imaps://alice@mail.example.org
     """
     with _errors(debug):
-        side = _open_side(
-            endpoint,
-            "source",
-            password_file=password_file,
-            password_cmd=password_cmd,
-            ca_file=ca_file,
-            insecure=insecure,
-            timeout=timeout,
-            oauth2_token_cmd=oauth2_token_cmd,
-            profile_name=profile,
-            auth=auth,
-        )
+        from migrator.account import job_side_of
+
+        job, settings = _job(endpoint, "", given, one_endpoint=True)
+        side = job_side_of(job, "source", settings.timeout, _terminal())
         side.check_secret()
         with _connected(side.store()) as store:
             facts = store.describe()
@@ -863,15 +647,21 @@ def check(
 
 # -- profiles --------------------------------------------------------------------------------
 
-profiles_app = typer.Typer(
-    name="profiles",
-    help="Provider profiles (gmail, outlook, ...): the shipped ones and your own.\n\n"
+
+def _group(name: str, help: str) -> typer.Typer:
+    """A group of commands (`migrator NAME ...`), with the top level's "did you mean"."""
+    group = typer.Typer(
+        name=name, help=help, cls=_Commands, no_args_is_help=True, rich_markup_mode=None
+    )
+    app.add_typer(group)
+    return group
+
+
+profiles_app = _group(
+    "profiles",
+    "Provider profiles (gmail, outlook, ...): the shipped ones and your own.\n\n"
     "Example: migrator profiles show gmail",
-    cls=_Commands,
-    no_args_is_help=True,
-    rich_markup_mode=None,
 )
-app.add_typer(profiles_app)
 
 
 @profiles_app.command("list")
@@ -920,15 +710,11 @@ def profiles_show(
 
 # -- auth ------------------------------------------------------------------------------------
 
-auth_app = typer.Typer(
-    name="auth",
-    help="OAuth2 sign-in for providers that want it (Gmail, Microsoft 365).\n\n"
+auth_app = _group(
+    "auth",
+    "OAuth2 sign-in for providers that want it (Gmail, Microsoft 365).\n\n"
     "Example: migrator auth login gmail:alice@gmail.com",
-    cls=_Commands,
-    no_args_is_help=True,
-    rich_markup_mode=None,
 )
-app.add_typer(auth_app)
 
 
 @auth_app.command("login")
@@ -972,19 +758,9 @@ def auth_login(
     Example: migrator auth login gmail:alice@gmail.com --client-id 1234.apps.googleusercontent.com
     """
     with _errors(debug):
-        import webbrowser
-
         from migrator.account import profile_catalog
         from migrator.endpoints import ProfileEndpoint, parse_endpoint
-        from migrator.oauth import (
-            Client,
-            Endpoints,
-            KeyringStore,
-            authorization_code_flow,
-            device_code_flow,
-            save_login,
-            store_key,
-        )
+        from migrator.oauth import KeyringStore, save_login, store_key
 
         target = parse_endpoint(endpoint)
         if not isinstance(target, ProfileEndpoint):
@@ -996,34 +772,9 @@ def auth_login(
                 f"profile {profile.name} does not use OAuth2; it takes: "
                 + ", ".join(profile.auth_methods)
             )
-        cid = client_id or settings.client_id
-        if not cid:
-            raise ConfigError(
-                "--client-id: register an app with the provider and give its client id "
-                "(README, 'OAuth2' explains how), or put client_id in your own profile"
-            )
-        secret = None
-        if client_secret_file is not None:
-            try:
-                secret = client_secret_file.read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise ConfigError(f"--client-secret-file {client_secret_file}: {exc}") from None
-        secret = secret or os.environ.get("MIGRATOR_OAUTH2_CLIENT_SECRET") or None
-        client = Client(cid, secret)
-        urls = Endpoints(
-            settings.token_url, settings.scopes, settings.authorize_url, settings.device_url
-        )
+        client = _oauth_client(client_id or settings.client_id, client_secret_file)
         flow = "device" if device else "code" if browser else settings.flow
-        if flow == "device":
-            tokens = device_code_flow(urls, client, show=lambda text: _err(f"migrator: {text}"))
-        else:
-
-            def open_url(url: str) -> None:
-                _err(f"migrator: sign in on this page (waiting for it to come back):\n{url}")
-                if not no_open:
-                    webbrowser.open(url)
-
-            tokens = authorization_code_flow(urls, client, target.user, open_url, timeout)
+        urls, tokens = _sign_in(settings, client, flow, target.user, not no_open, timeout)
         key = store_key(profile.name, target.user)
         save_login(KeyringStore(), key, urls, client, tokens)
         typer.echo(
@@ -1032,10 +783,97 @@ def auth_login(
         )
 
 
+def _oauth_client(client_id: str | None, client_secret_file: Path | None) -> Client:
+    """The app signing in: its client id (--client-id, or the profile's) and its secret, if it
+    has one (--client-secret-file, or MIGRATOR_OAUTH2_CLIENT_SECRET)."""
+    from migrator.oauth import Client
+
+    if not client_id:
+        raise ConfigError(
+            "--client-id: register an app with the provider and give its client id "
+            "(README, 'OAuth2' explains how), or put client_id in your own profile"
+        )
+    secret = None
+    if client_secret_file is not None:
+        try:
+            secret = client_secret_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"--client-secret-file {client_secret_file}: {exc}") from None
+    secret = secret or os.environ.get("MIGRATOR_OAUTH2_CLIENT_SECRET") or None
+    return Client(client_id, secret)
+
+
+def _sign_in(
+    settings: OAuth2Settings,
+    client: Client,
+    flow: str,
+    user: str,
+    open_browser: bool,
+    timeout: float,
+) -> tuple[Endpoints, Tokens]:
+    """The provider's sign-in: a code typed on its web page ("device"), or a browser and a
+    redirect to this machine ("code")."""
+    import webbrowser
+
+    from migrator.oauth import Endpoints, authorization_code_flow, device_code_flow
+
+    urls = Endpoints(
+        settings.token_url, settings.scopes, settings.authorize_url, settings.device_url
+    )
+    if flow == "device":
+        return urls, device_code_flow(urls, client, show=lambda text: _err(f"migrator: {text}"))
+
+    def open_url(url: str) -> None:
+        _err(f"migrator: sign in on this page (waiting for it to come back):\n{url}")
+        if open_browser:
+            webbrowser.open(url)
+
+    return urls, authorization_code_flow(urls, client, user, open_url, timeout)
+
+
 # -- batch -----------------------------------------------------------------------------------
 
 
+#: `batch`'s own options (those of its accounts' jobs are derived from options.py).
+_PerHostOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--max-per-host",
+        min=1,
+        help="Accounts at once on one server host (default: the connection limit of "
+        "the provider profile serving that host, else 4).",
+        show_default=False,
+    ),
+]
+_StateDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--state-dir",
+        help="Where the batch ledger and every account's journal live (shared by all "
+        "workers of a cluster). Default: the user's state directory, batch/MANIFEST-NAME.",
+        show_default=False,
+    ),
+]
+_ClusterOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--cluster",
+        help="A Dask scheduler to run the accounts on: tcp://HOST:8786 or tls://HOST:8786 "
+        "(default: in this process).",
+        show_default=False,
+    ),
+]
+_RefreshOpt = Annotated[
+    bool,
+    typer.Option(
+        "--refresh",
+        help="Also run the accounts that finished before (copies only what is new).",
+    ),
+]
+
+
 @app.command()
+@_takes_job("batch", ())
 def batch(
     manifest: Annotated[
         Path, typer.Argument(help="CSV with a header, or TOML: one account per row.")
@@ -1043,61 +881,24 @@ def batch(
     jobs: Annotated[
         int, typer.Option("--jobs", "-j", min=1, max=4096, help="Accounts copied at once.")
     ] = 4,
-    max_per_host: Annotated[
-        int | None,
-        typer.Option(
-            "--max-per-host",
-            min=1,
-            help="Accounts at once on one server host (default: the connection limit of "
-            "the provider profile serving that host, else 4).",
-            show_default=False,
-        ),
-    ] = None,
-    state_dir: Annotated[
-        Path | None,
-        typer.Option(
-            "--state-dir",
-            help="Where the batch ledger and every account's journal live (shared by all "
-            "workers of a cluster). Default: the user's state directory, batch/MANIFEST-NAME.",
-            show_default=False,
-        ),
-    ] = None,
-    cluster: Annotated[
-        str | None,
-        typer.Option(
-            "--cluster",
-            help="A Dask scheduler to run the accounts on: tcp://HOST:8786 or tls://HOST:8786 "
-            "(default: in this process).",
-            show_default=False,
-        ),
-    ] = None,
+    max_per_host: _PerHostOpt = None,
+    state_dir: _StateDirOpt = None,
+    cluster: _ClusterOpt = None,
     retry_failed: Annotated[
         bool, typer.Option("--retry-failed", help="Also run the accounts that failed before.")
     ] = False,
     only_failed: Annotated[
         bool, typer.Option("--only-failed", help="Run only the accounts that failed before.")
     ] = False,
-    refresh: Annotated[
-        bool,
-        typer.Option(
-            "--refresh",
-            help="Also run the accounts that finished before (copies only what is new).",
-        ),
-    ] = False,
-    workers: Annotated[
-        int, typer.Option("--workers", min=1, max=32, help="Folders copied at once per account.")
-    ] = 2,
-    retries: Annotated[
-        int, typer.Option("--retries", min=0, help="Reconnects after a dropped connection.")
-    ] = 5,
-    timeout: TimeoutOpt = 60.0,
+    refresh: _RefreshOpt = False,
     json_output: JsonOpt = False,
     report: Annotated[
         Path | None,
         typer.Option("--report", help="Also write the per-account table to this CSV file."),
     ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors.")] = False,
+    quiet: QuietOpt = False,
     debug: DebugOpt = False,
+    **given: Any,
 ) -> None:
     """Copy many accounts listed in a manifest, concurrently, here or on a Dask cluster.
 
@@ -1110,39 +911,23 @@ def batch(
     Example: migrator batch accounts.csv --jobs 8 --cluster tcp://10.0.0.5:8786
     """
     with _errors(debug):
-        import logging
-        import warnings
-
-        from migrator.account import RunSettings
         from migrator.batch import (
             BatchSettings,
-            ManifestError,
             Selection,
             default_state_dir,
-            load_manifest,
             run_batch,
         )
         from migrator.ui.batch import make_observer, results_json, results_table, write_report
 
         if not debug:
-            # Dask configures its loggers when it is imported (later, by run_batch), and warns
-            # through `warnings` too: neither belongs on the terminal (migrator logs nothing).
-            logging.disable(logging.CRITICAL)
-            warnings.filterwarnings("ignore", module=r"(distributed|dask|tornado|asyncio)\b")
-        try:
-            loaded = load_manifest(manifest, env=None if cluster else os.environ)
-        except ManifestError as exc:
-            for problem in exc.problems:
-                _err(f"migrator: error: {problem}")
-            raise typer.Exit(int(ExitStatus.USAGE)) from None
-        for warning in loaded.warnings:
-            _err(f"migrator: warning: {warning}")
+            _quiet_dask()
+        loaded = _load_manifest(manifest, cluster)
         settings = BatchSettings(
             state_dir=state_dir or default_state_dir(manifest),
             jobs=jobs,
             max_per_host=max_per_host,
             cluster=cluster,
-            run=RunSettings(workers=workers, retries=retries, timeout=timeout),
+            run=options.settings_from_values(given),
             selection=Selection(retry_failed, only_failed, refresh),
         )
         observer = make_observer(quiet, json_output, os.environ.get("TERM"))
@@ -1160,6 +945,32 @@ def batch(
             _err("migrator: interrupted; run the same command again to finish")
             raise typer.Exit(int(ExitStatus.INTERRUPTED))
         raise typer.Exit(int(ExitStatus.OK if result.ok else ExitStatus.PARTIAL))
+
+
+def _quiet_dask() -> None:
+    """Dask configures its loggers when it is imported (later, by run_batch), and warns through
+    `warnings` too: neither belongs on the terminal (migrator logs nothing)."""
+    import logging
+    import warnings
+
+    logging.disable(logging.CRITICAL)
+    warnings.filterwarnings("ignore", module=r"(distributed|dask|tornado|asyncio)\b")
+
+
+def _load_manifest(manifest: Path, cluster: str | None) -> Manifest:
+    """The manifest, checked (here, the secrets and files its rows name too, unless the accounts
+    run on a cluster); every problem a line and exit 2; its warnings shown."""
+    from migrator.batch import ManifestError, load_manifest
+
+    try:
+        loaded = load_manifest(manifest, env=None if cluster else os.environ)
+    except ManifestError as exc:
+        for problem in exc.problems:
+            _err(f"migrator: error: {problem}")
+        raise typer.Exit(int(ExitStatus.USAGE)) from None
+    for warning in loaded.warnings:
+        _err(f"migrator: warning: {warning}")
+    return loaded
 
 
 def main() -> None:

@@ -21,8 +21,6 @@ from migrator.account import (
     SecretRecipe,
     connection_limits,
     job_side,
-    load_profile,
-    resolve_secret,
 )
 from migrator.batch import (
     DEFAULT_PER_HOST,
@@ -54,6 +52,7 @@ from migrator.engine import RunSummary
 from migrator.errors import ConfigError
 from migrator.model import MessageRef
 from migrator.ui.batch import report_rows, results_json, results_table, write_report
+from tests.unit.account_helpers import load_profile, resolve_secret
 
 SAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sample.mbox"
 

@@ -98,8 +98,8 @@ def test_help_has_an_example_for_copy():
 
 
 def test_flag_names():
-    from migrator.cli import _flag_names
     from migrator.errors import ConfigError
+    from tests.unit.account_helpers import flag_names as _flag_names
 
     assert _flag_names(["seen", "Flagged", "$Forwarded"]) == {"\\Seen", "\\Flagged", "$Forwarded"}
     with pytest.raises(ConfigError):
