@@ -113,6 +113,8 @@ class Reporter(Protocol):
 
 
 class NullReporter:
+    """Tells nobody: the reporter of a caller that shows no progress."""
+
     def planned(self, plans: Sequence[FolderPlan]) -> None:
         pass
 
