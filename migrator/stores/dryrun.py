@@ -20,11 +20,13 @@ class DryRunTarget(Target):
         self.label = inner.label
         self.delimiter = inner.delimiter
         self.max_message_size = inner.max_message_size
+        self.can_update = inner.can_update
 
     def connect(self) -> None:
         self.inner.connect()
         self.delimiter = self.inner.delimiter
         self.max_message_size = self.inner.max_message_size
+        self.can_update = self.inner.can_update
 
     def close(self) -> None:
         self.inner.close()
@@ -37,10 +39,6 @@ class DryRunTarget(Target):
 
     def index(self, path: FolderPath) -> list[str]:
         return list(self.inner.index(path))
-
-    @property
-    def can_update(self) -> bool:  # type: ignore[override]
-        return self.inner.can_update
 
     def present_ids(self, path: FolderPath, ids: Sequence[str]) -> set[str]:
         return self.inner.present_ids(path, ids)
