@@ -16,21 +16,26 @@ from migrator.rules import MessageRules
 
 @dataclass
 class CopyOptions:
+    """How a job copies (the CLI's and the manifest's options, after the profiles)."""
+
     folder_map: FolderMap = field(default_factory=FolderMap)
     message_filter: MessageFilter = field(default_factory=MessageFilter)
     delete_source: bool = False
     dry_run: bool = False
     workers: int = 1
-    #: Reconnect attempts after a dropped connection before the run gives up.
+    #: Reconnect attempts in a row that moved nothing before the run gives up (see retry).
     retries: int = 5
     #: First pause before reconnecting; doubles at each attempt.
     retry_delay: float = 1.0
     #: Flags added to every copied message (--flags seen: a POP client had read everything).
     add_flags: frozenset[str] = frozenset()
-    #: Bytes and messages per append batch (and per journal transaction).
+    #: Bytes and messages per append batch (and per journal transaction): large enough that one
+    #: journal commit serves hundreds of messages, small enough that a batch cut off by a lost
+    #: connection is cheap to settle and send again.
     batch_bytes: int = 2 * 1024 * 1024
     batch_count: int = 400
-    #: Smallest fetch or append chunk after connections kept dropping mid-batch (see _Pace).
+    #: Smallest fetch or append chunk after connections kept dropping mid-batch (see flow.Pace):
+    #: below it the round trips, not the link, would bound the rate.
     min_batch_bytes: int = 64 * 1024
     #: --max-bytes-per-second and the profiles' rates, shared by every worker.
     byte_rate: TokenBucket | None = None
