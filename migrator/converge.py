@@ -1,5 +1,5 @@
-"""Later passes converge (SPEC "Passes converge"): flags follow the source, and `sync` mirrors
-removals and moves, for the messages this job copied and no others.
+"""Later passes converge (README, "A migration with a cutover"): flags follow the source, and
+`sync` mirrors removals and moves, for the messages this job copied and no others.
 
 The journal is the common base of a three-way comparison: it holds, per copied message, the
 source's flags as last applied to the target. A pass pushes to the target only what changed at the
@@ -13,9 +13,11 @@ wins for the flags it changed. Every change to the target is idempotent or journ
 - move: the new folder's row is written 'pending' before the move (the engine's crash rule), and
   the old row goes with the move's confirmation. After a crash, the old copy is no longer where
   the journal says, and the pending row makes the copy of the new folder look in the target first
-  (see Engine._reconcile): found there, it is not uploaded again.
+  (see engine.plan.reconcile): found there, it is not uploaded again.
 
-Knows no protocol: it talks to the stores through stores.base.
+Two halves: ``FlagFollower`` (every pass) and ``Mirror`` (`sync`: moves, removals, the guard);
+``Converger`` is both, as the engine uses them. Knows no protocol: it talks to the stores through
+stores.base.
 """
 
 from __future__ import annotations
@@ -71,7 +73,10 @@ class _Side:
         return self.plan.target
 
 
-class Converger:
+class _Pass:
+    """What both halves of a later pass need: the journal, whether it is a dry run, the
+    --max-delete allowance, and where notices go."""
+
     def __init__(
         self,
         journal: Journal,
@@ -84,7 +89,9 @@ class Converger:
         self.max_delete = max_delete
         self.notice = notice
 
-    # -- flags ------------------------------------------------------------------------------
+
+class FlagFollower(_Pass):
+    """Flags follow the source (`copy` and `sync`), three-way with the journal as the base."""
 
     def follow_flags(
         self, source: Source, target: Target, plan: FolderPlan, validity: str, copied: bool
@@ -137,7 +144,7 @@ class Converger:
                 changed.append((row, now))
         if not changed and not unknown:
             return 0, [], []
-        ids, found = self._target_ids(target, dst, [row for row, _ in changed])
+        ids, found = target_ids(target, dst, [row for row, _ in changed])
         groups: dict[tuple[frozenset[str], frozenset[str]], list[str]] = defaultdict(list)
         applied: list[tuple[str, frozenset[str]]] = []
         for row, now in changed:
@@ -153,28 +160,32 @@ class Converger:
             )
         return len(applied), applied + unknown, found
 
-    def _target_ids(
-        self, target: Target, dst: FolderPath, rows: Sequence[Copied]
-    ) -> tuple[dict[str, str], list[tuple[str, str]]]:
-        """Source id -> target id for ``rows``; those the append did not tell are found by their
-        identity key (one listing), and returned apart to be journaled."""
-        ids = {row.src_id: row.dst_id for row in rows if row.dst_id}
-        blind = [row for row in rows if not row.dst_id]
-        found: list[tuple[str, str]] = []
-        if blind:
-            claimed = set(ids.values())
-            by_key: dict[str, list[str]] = defaultdict(list)
-            for target_id, key in target.ids_by_key(dst):
-                if target_id not in claimed:
-                    by_key[key].append(target_id)
-            for row in blind:
-                if by_key.get(row.key):
-                    target_id = by_key[row.key].pop(0)
-                    ids[row.src_id] = target_id
-                    found.append((row.src_id, target_id))
-        return ids, found
 
-    # -- sync: removals and moves ----------------------------------------------------------
+def target_ids(
+    target: Target, dst: FolderPath, rows: Sequence[Copied]
+) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """Source id -> target id for ``rows``; those the append did not tell are found by their
+    identity key (one listing), and returned apart to be journaled."""
+    ids = {row.src_id: row.dst_id for row in rows if row.dst_id}
+    blind = [row for row in rows if not row.dst_id]
+    found: list[tuple[str, str]] = []
+    if blind:
+        claimed = set(ids.values())
+        by_key: dict[str, list[str]] = defaultdict(list)
+        for target_id, key in target.ids_by_key(dst):
+            if target_id not in claimed:
+                by_key[key].append(target_id)
+        for row in blind:
+            if by_key.get(row.key):
+                target_id = by_key[row.key].pop(0)
+                ids[row.src_id] = target_id
+                found.append((row.src_id, target_id))
+    return ids, found
+
+
+class Mirror(_Pass):
+    """`sync` mirrors removals and moves at the source, for what this job copied, under the
+    guard."""
 
     def mirror(
         self,
@@ -296,7 +307,7 @@ class Converger:
 
     def _present(self, target: Target, side: _Side, rows: Sequence[Copied]) -> dict[str, str]:
         """Source id -> target id of the rows whose copy is still in the target folder."""
-        ids, found = self._target_ids(target, side.dst, rows)
+        ids, found = target_ids(target, side.dst, rows)
         if found:
             self.journal.set_flags(side.src, side.validity, side.dst, [], found)
         there = target.present_ids(side.dst, list(ids.values()))
@@ -392,3 +403,9 @@ class Converger:
         if present:
             target.remove(side.dst, list(present.values()))
         self.journal.forget(side.src, side.validity, side.dst, [row.src_id for row in rows])
+
+
+class Converger(FlagFollower, Mirror):
+    """Both halves, as the engine runs them at each pass: flags first for each folder's copies
+    (FlagFollower.follow_flags), and for `sync` the moves and removals before any copy
+    (Mirror.mirror)."""

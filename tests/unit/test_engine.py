@@ -186,6 +186,31 @@ def test_dry_run_writes_nothing(tmp_path):
     assert journal_path.read_bytes() == before
 
 
+def test_dry_run_target_reads_through_and_changes_nothing():
+    from migrator.model import MessageRef
+    from migrator.stores.base import FlagChange
+    from migrator.stores.dryrun import DryRunTarget
+
+    inner = MemoryStore(delimiter=".", label="real")
+    inner.add(("INBOX",), message(1), flags={"\\Seen"})
+    before = contents(inner)
+    target = DryRunTarget(inner)
+    target.connect()
+    assert (target.label, target.delimiter, target.can_update) == ("real", ".", True)
+    assert [f.path for f in target.list_folders()] == [("INBOX",)]
+    assert target.index(("INBOX",)) == inner.index(("INBOX",))
+    assert target.ids_by_key(("INBOX",)) == inner.ids_by_key(("INBOX",))
+    [tid] = [i for i, _ in inner.ids_by_key(("INBOX",))]
+    assert target.present_ids(("INBOX",), [tid, "nope"]) == {tid}
+    answers = target.append(("New",), [(MessageRef("x", 10), message(2))])
+    assert [a.ok for a in answers] == [True] and answers[0].target_id is None
+    target.ensure_folder(("New",))
+    target.update_flags(("INBOX",), [FlagChange(frozenset(), frozenset({"\\Seen"}), [tid])])
+    assert target.move(("INBOX",), [tid], ("Archive",)) == [None]
+    target.remove(("INBOX",), [tid])
+    assert contents(inner) == before and list(inner.boxes) == [("INBOX",)]
+
+
 def test_delete_source_removes_only_confirmed_and_selected(tmp_path):
     src, dst = MemoryStore(), MemoryStore()
     for i in range(10):
