@@ -482,9 +482,9 @@ def open_sides(
 ) -> tuple[Side, Side]:
     """Both sides of a job, their warnings shown, then both secrets read (a prompt comes after
     every warning and every mistake in an endpoint)."""
-    catalog = profile_catalog()
-    src = job_side_of(job, "source", timeout, terminal, catalog=catalog)
-    dst = job_side_of(job, "target", timeout, terminal, role=target_role, catalog=catalog)
+    # No catalog made here: a side that names no profile never needs one (nor platformdirs).
+    src = job_side_of(job, "source", timeout, terminal)
+    dst = job_side_of(job, "target", timeout, terminal, role=target_role)
     src.check_secret()
     dst.check_secret()
     return src, dst
