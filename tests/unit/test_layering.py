@@ -35,7 +35,9 @@ def test_stores_keep_to_their_room():
     stores = {"imap", "pop3", "mbox", "maildir"}
     for path in (PACKAGE / "stores").rglob("*.py"):
         used = imports(path)
-        assert not used & banned, (path, used & banned)
+        # a banned package's modules too (migrator.checkpoint.rows, migrator.engine.plan, ...)
+        refused = {m for m in used if m in banned or any(m.startswith(b + ".") for b in banned)}
+        assert not refused, (path, refused)
         # A store that is a package (stores/imap/) may import its own modules; no other store.
         parts = path.relative_to(PACKAGE).with_suffix("").parts
         own = "migrator." + ".".join(parts[:2]) if len(parts) > 2 else None
