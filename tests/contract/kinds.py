@@ -24,6 +24,7 @@ from typing import Any
 
 from migrator.endpoints import AccessOptions, ArchiveEndpoint, open_store, parse_endpoint
 from migrator.model import FolderPath, MessageRef, crlf_size, message_key, parse_display_name
+from tests.children import wait_for_child
 from tests.corpus import Msg
 from tests.unit.memstore import MemoryStore
 
@@ -226,7 +227,7 @@ def die_mid_append(
             store.append(folder, [(ref_of(m), m.data) for m in msgs])
         finally:
             os._exit(3)  # the append finished: no tear (the parent's assertion says so)
-    _, status = os.waitpid(pid, 0)
+    status = wait_for_child(pid)
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, (
         f"the writer was not killed mid-append (status {status}): does the store still write "
         "through os.write/os.writev (files) or sendall (sockets)? see tests/contract/kinds.py"

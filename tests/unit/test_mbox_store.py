@@ -35,6 +35,7 @@ from migrator.stores.mboxformat import (
     render_parts,
     unquote,
 )
+from tests.children import wait_for_child
 from tests.unit.archive_helpers import (
     SIMPLE,
     any_bytes,
@@ -610,8 +611,7 @@ def _killed_mid_append(store_path: Path, items: list[tuple[MessageRef, bytes]]) 
             store_at(store_path).append(INBOX, items)
         finally:
             os._exit(3)
-    _, status = os.waitpid(pid, 0)
-    assert os.WIFSIGNALED(status)
+    assert os.WIFSIGNALED(wait_for_child(pid))
 
 
 def test_killed_append_is_cut_off_and_redone(tmp_path: Path) -> None:
@@ -662,7 +662,7 @@ def test_batch_written_whole_but_not_finished_is_not_counted_then_cut(tmp_path: 
             store_at(tmp_path).append(INBOX, batch)
         finally:
             os._exit(3)
-    os.waitpid(pid, 0)
+    wait_for_child(pid)
     assert (tmp_path / "INBOX.mbox").read_bytes().count(b"\nFrom ") == 1  # whole batch is there
     rerun = store_at(tmp_path)
     assert list(rerun.index(INBOX)) == [ref_for(one).key]
