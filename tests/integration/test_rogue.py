@@ -391,8 +391,11 @@ def test_endless_untagged_responses_are_cut_off_with_bounded_memory(tmp_path: Pa
     assert "internal error" not in run.stderr
 
 
-def test_ctrl_c_ends_the_run_within_seconds_whatever_the_server_does(tmp_path: Path) -> None:
-    with RogueServer(SlowEndlessOk, lifetime=90) as server:
+def _interrupted_copy(
+    tmp_path: Path, session: type[ImapSession], folders: dict[str, list[Message]] | None = None
+) -> Measured:
+    """A copy from ``session``'s server, Ctrl-C after 3 s: it must end with 130 within 8 more."""
+    with RogueServer(session, folders, lifetime=90) as server:
         run = _measured(
             _imap_copy(server, tmp_path, "--timeout", "30"),
             base_env(MIGRATOR_SOURCE_PASSWORD=SECRET),
@@ -402,6 +405,11 @@ def test_ctrl_c_ends_the_run_within_seconds_whatever_the_server_does(tmp_path: P
     print(f"\nCtrl-C: exit {run.returncode} after {run.seconds:.1f}s, {run.peak_mb:.0f} MB")
     assert run.returncode == 130, run.stderr
     assert run.seconds < 3.0 + 8.0, run.seconds
+    return run
+
+
+def test_ctrl_c_ends_the_run_within_seconds_whatever_the_server_does(tmp_path: Path) -> None:
+    run = _interrupted_copy(tmp_path, SlowEndlessOk)
     assert run.peak_mb < PEAK_MB
 
 
@@ -523,16 +531,7 @@ class StallingLiteral(TricklingLiteral):
 
 def test_ctrl_c_during_a_stalled_fetch_ends_the_run_within_seconds(tmp_path: Path) -> None:
     folders = {"INBOX": [Message(n, message(n)) for n in (1, 2)]}
-    with RogueServer(StallingLiteral, folders, lifetime=90) as server:
-        run = _measured(
-            _imap_copy(server, tmp_path, "--timeout", "30"),
-            base_env(MIGRATOR_SOURCE_PASSWORD=SECRET),
-            timeout=60,
-            interrupt_after=3.0,
-        )
-    print(f"\nCtrl-C mid-FETCH: exit {run.returncode} after {run.seconds:.1f}s")
-    assert run.returncode == 130, run.stderr
-    assert run.seconds < 3.0 + 8.0, run.seconds
+    _interrupted_copy(tmp_path, StallingLiteral, folders)
     # the journal is consistent: a rerun opens it (and is stopped by the same server)
     with sqlite3.connect(tmp_path / "j.sqlite") as db:
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
