@@ -319,7 +319,6 @@ def open_side(
     insecure: bool = False,
     timeout: float = DEFAULT_TIMEOUT,
     interactive: bool = False,
-    catalog: ProfileCatalog | None = None,
 ) -> Side:
     """Parse an endpoint, bring its provider profile, choose how it logs in (OAuth2 or a
     password) and check that it can serve as ``role``, all before any connection; the secret
@@ -329,7 +328,8 @@ def open_side(
     `verify` reads its target as a source. ``env`` is where MIGRATOR_SOURCE_PASSWORD and
     MIGRATOR_SOURCE_OAUTH2_TOKEN (or TARGET) are looked up: the CLI passes ``os.environ``."""
     side = side or role
-    endpoint, server, profile = resolve_endpoint(text, side, profile_name, catalog)
+    # The profile catalog is made only when an endpoint names a profile (resolve_endpoint).
+    endpoint, server, profile = resolve_endpoint(text, side, profile_name)
     access = None
     if isinstance(server, ServerEndpoint):
         stored = None
@@ -409,7 +409,6 @@ def job_side(
     recipe: SecretRecipe,
     ca_file: str | None,
     timeout: float,
-    catalog: ProfileCatalog | None = None,
     *,
     side: str | None = None,
     profile: str | None = None,
@@ -441,7 +440,6 @@ def job_side(
         insecure=insecure,
         timeout=timeout,
         interactive=terminal is not None and terminal.interactive,
-        catalog=catalog,
     )
     if terminal is not None:
         for notice in opened.notices:
@@ -456,7 +454,6 @@ def job_side_of(
     terminal: Terminal | None = None,
     *,
     role: str | None = None,
-    catalog: ProfileCatalog | None = None,
 ) -> Side:
     """The job's ``side`` ("source" or "target"), with that side's options (:func:`job_side`)."""
     return job_side(
@@ -465,7 +462,6 @@ def job_side_of(
         job.secret(side),
         job.ca_file(side),
         timeout,
-        catalog,
         side=side,
         profile=job.profile(side),
         insecure=job.insecure,
@@ -482,7 +478,6 @@ def open_sides(
 ) -> tuple[Side, Side]:
     """Both sides of a job, their warnings shown, then both secrets read (a prompt comes after
     every warning and every mistake in an endpoint)."""
-    # No catalog made here: a side that names no profile never needs one (nor platformdirs).
     src = job_side_of(job, "source", timeout, terminal)
     dst = job_side_of(job, "target", timeout, terminal, role=target_role)
     src.check_secret()
